@@ -1,0 +1,118 @@
+//! Command line and environment configuration. Every flag has an environment variable.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::store::validate::Limits;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "highwater",
+    version,
+    about = "Highwater: a gRPC event store on PostgreSQL",
+    long_about = "Highwater: a gRPC event store on PostgreSQL.\n\nWith no subcommand, `highwater` \
+                  runs `serve`. With no DATABASE_URL it runs a private PostgreSQL from the \
+                  machine's own binaries in --data-dir.",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub serve: ServeConfig,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC server (the default).
+    Serve(ServeConfig),
+    /// Apply database migrations and exit.
+    Migrate(MigrateConfig),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "HIGHWATER_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+
+    /// Largest event accepted (data, type and metadata), in bytes.
+    #[arg(long, env = "HIGHWATER_MAX_EVENT_BYTES", default_value_t = Limits::default().max_event_bytes)]
+    pub max_event_bytes: usize,
+
+    /// Largest append request accepted (the sum of its events), in bytes.
+    #[arg(long, env = "HIGHWATER_MAX_APPEND_BYTES", default_value_t = Limits::default().max_append_bytes)]
+    pub max_append_bytes: usize,
+
+    /// Seconds to let in-flight requests finish after SIGINT/SIGTERM before cutting them off.
+    #[arg(long, env = "HIGHWATER_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+
+    #[command(flatten)]
+    pub log: LogConfig,
+}
+
+impl ServeConfig {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_event_bytes: self.max_event_bytes,
+            max_append_bytes: self.max_append_bytes,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MigrateConfig {
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+
+    #[command(flatten)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseConfig {
+    /// PostgreSQL URL, such as postgres://user@host:5432/highwater (the database is created if
+    /// missing). Without it, a private PostgreSQL runs from the machine's binaries in --data-dir.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Folder of the private PostgreSQL, used when no database URL is given. Kept across restarts.
+    #[arg(long, env = "HIGHWATER_DATA_DIR", default_value = "./highwater-data")]
+    pub data_dir: PathBuf,
+
+    /// Folder holding the PostgreSQL server binaries (initdb, postgres) for the private
+    /// PostgreSQL. Default: found on PATH, through `pg_config --bindir`, or under
+    /// /usr/lib/postgresql/*/bin.
+    #[arg(long, env = "HIGHWATER_POSTGRES_BIN_DIR")]
+    pub postgres_bin_dir: Option<PathBuf>,
+
+    /// Most database connections held by this server.
+    #[arg(long, env = "HIGHWATER_POOL_SIZE", default_value_t = 16)]
+    pub pool_size: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LogConfig {
+    /// Log filter: a level (error, warn, info, debug, trace) or a tracing directive such as
+    /// `highwater=debug,sqlx=warn`. RUST_LOG, when set, wins.
+    #[arg(long, env = "HIGHWATER_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Log output format.
+    #[arg(long, env = "HIGHWATER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}

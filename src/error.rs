@@ -1,0 +1,150 @@
+//! The one error type of the core, and its one mapping to `tonic::Status`.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The `ErrorInfo` domain of every error Highwater reports.
+pub const ERROR_DOMAIN: &str = "highwater.dev";
+
+/// One invalid field of a request: `field` is its path in the request, such as `events[2].id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
+impl FieldViolation {
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid request: {}", describe(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+
+    #[error("wrong expected revision for stream {stream:?}: expected {expected}, actual {actual}")]
+    WrongExpectedRevision {
+        stream: String,
+        expected: String,
+        actual: String,
+    },
+
+    #[error("event id {id} is already used by a different event")]
+    DuplicateEventId { id: String },
+
+    #[error("stream {0:?} not found")]
+    StreamNotFound(String),
+
+    /// The database cannot be reached (or not yet, or the server is stopping): retrying is safe.
+    #[error("{0}")]
+    Unavailable(String),
+
+    #[error("{0}")]
+    Internal(String),
+
+    /// The server cannot start as configured (bad flag, no PostgreSQL binaries, port taken...).
+    #[error("{0}")]
+    Startup(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn describe(violations: &[FieldViolation]) -> String {
+    violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl Error {
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+
+    /// Whether the failure is transient (connection-level) rather than a property of the request.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    /// Classifies database failures: connection-level ones are `Unavailable` (retryable), the
+    /// rest are internal errors.
+    fn from(error: sqlx::Error) -> Self {
+        if is_connection_error(&error) {
+            Self::Unavailable(format!("database unavailable: {error}"))
+        } else {
+            Self::Internal(format!("database error: {error}"))
+        }
+    }
+}
+
+/// True for errors that say the database could not be reached or dropped the connection, as
+/// opposed to errors about the statement: classified by SQLSTATE where PostgreSQL gave one.
+pub fn is_connection_error(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exception; 57P01-57P03: admin/crash shutdown, cannot connect now;
+            // 53300: too many connections.
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
+    }
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        let message = error.to_string();
+        match error {
+            Error::InvalidArgument(violations) => {
+                let mut details = ErrorDetails::new();
+                for violation in violations {
+                    details.add_bad_request_violation(violation.field, violation.description);
+                }
+                Status::with_error_details(Code::InvalidArgument, message, details)
+            }
+            Error::WrongExpectedRevision {
+                stream,
+                expected,
+                actual,
+            } => {
+                let metadata = HashMap::from([
+                    ("stream".to_string(), stream),
+                    ("expected".to_string(), expected),
+                    ("actual".to_string(), actual),
+                ]);
+                let details = ErrorDetails::with_error_info(
+                    "WRONG_EXPECTED_REVISION",
+                    ERROR_DOMAIN,
+                    metadata,
+                );
+                Status::with_error_details(Code::Aborted, message, details)
+            }
+            Error::DuplicateEventId { id } => {
+                let metadata = HashMap::from([("id".to_string(), id)]);
+                let details =
+                    ErrorDetails::with_error_info("DUPLICATE_EVENT_ID", ERROR_DOMAIN, metadata);
+                Status::with_error_details(Code::AlreadyExists, message, details)
+            }
+            Error::StreamNotFound(_) => Status::not_found(message),
+            Error::Unavailable(_) => Status::unavailable(message),
+            Error::Internal(_) | Error::Startup(_) => {
+                tracing::error!(error = %message, "internal error");
+                Status::internal(message)
+            }
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! Highwater: a gRPC event store on PostgreSQL.
+
+/// Command line and environment configuration.
+pub mod config;
+/// A private PostgreSQL from the machine's own binaries.
+pub mod embedded_pg;
+/// The one error type and its mapping to gRPC status codes.
+pub mod error;
+/// Thin gRPC adapters over the core.
+pub mod grpc;
+/// Code generated from `proto/`.
+pub mod pb;
+/// Server assembly, health, reflection and graceful shutdown.
+pub mod server;
+/// The event log on PostgreSQL.
+pub mod store;
+/// Logging.
+pub mod telemetry;

@@ -1,0 +1,306 @@
+//! Assembles the server: the database (external or private), the core, the gRPC services,
+//! health, reflection, and graceful shutdown.
+
+use std::{future::Future, net::SocketAddr, str::FromStr, time::Duration};
+
+use sqlx::{PgPool, postgres::PgConnectOptions};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::{ServingStatus, server::HealthReporter};
+use tracing::{error, info, warn};
+
+use crate::{
+    config::{DatabaseConfig, ServeConfig},
+    embedded_pg::EmbeddedPostgres,
+    error::{Error, Result},
+    grpc::{ReadyStore, event_store::EventStoreService},
+    pb::{self, event_store_server::EventStoreServer},
+    store::{Store, database},
+};
+
+/// The fully qualified name health reports for the event store service.
+pub const EVENT_STORE_SERVICE: &str = "highwater.v1.EventStore";
+/// How often the database is checked for health once the server is ready.
+const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How long one health check may take before the database counts as unreachable.
+const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+/// Delays between attempts to reach the database at start.
+const CONNECT_RETRY_FIRST: Duration = Duration::from_millis(250);
+const CONNECT_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Where the server's data lives: an external PostgreSQL, or a private one it runs itself.
+pub struct Database {
+    pub options: PgConnectOptions,
+    pub embedded: Option<EmbeddedPostgres>,
+}
+
+impl Database {
+    /// Parses the URL, or starts the private PostgreSQL when there is none.
+    pub async fn open(config: &DatabaseConfig) -> Result<Self> {
+        match &config.database_url {
+            Some(url) => {
+                let options = PgConnectOptions::from_str(url)
+                    .map_err(|error| Error::Startup(format!("invalid database URL: {error}")))?;
+                Ok(Self {
+                    options,
+                    embedded: None,
+                })
+            }
+            None => {
+                let embedded =
+                    EmbeddedPostgres::start(&config.data_dir, config.postgres_bin_dir.as_deref())
+                        .await?;
+                Ok(Self {
+                    options: embedded.connect_options(),
+                    embedded: Some(embedded),
+                })
+            }
+        }
+    }
+
+    /// Stops the private PostgreSQL, if this server runs one.
+    pub async fn close(self) -> Result<()> {
+        match self.embedded {
+            Some(embedded) => embedded.stop().await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// A server bound to its port, ready to run.
+pub struct Application {
+    listener: TcpListener,
+    config: ServeConfig,
+    database: Database,
+}
+
+impl Application {
+    /// Binds the listener and opens the database (starting the private one if needed). The
+    /// database is connected and migrated by `run_until_stopped`, while health says NOT_SERVING.
+    pub async fn build(config: ServeConfig) -> Result<Self> {
+        let listener = TcpListener::bind(config.listen).await.map_err(|error| {
+            Error::Startup(format!("cannot listen on {}: {error}", config.listen))
+        })?;
+        let database = Database::open(&config.database).await?;
+        Ok(Self {
+            listener,
+            config,
+            database,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
+    /// (within the grace period), answers every queued append, and stops the private database.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let Self {
+            listener,
+            config,
+            database,
+        } = self;
+        let address = listener
+            .local_addr()
+            .map_err(|e| Error::Startup(e.to_string()))?;
+
+        // Flipped to true once, when shutdown begins; every background task watches it.
+        let (stop_sender, stop) = watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_sender.send(true);
+        });
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        set_health(&health, ServingStatus::NotServing).await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|error| Error::Startup(format!("reflection: {error}")))?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(|error| Error::Startup(format!("reflection: {error}")))?;
+
+        let ready_store = ReadyStore::default();
+        // Room for a maximal append plus protobuf framing; larger messages never reach validation.
+        let max_message = config.max_append_bytes.saturating_add(1024 * 1024);
+        let event_store = EventStoreServer::new(EventStoreService::new(ready_store.clone()))
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(
+                config
+                    .max_event_bytes
+                    .saturating_add(1024 * 1024)
+                    .max(4 << 20),
+            );
+
+        let mut serve_stop = stop.clone();
+        let mut server: JoinHandle<Result<(), tonic::transport::Error>> = tokio::spawn(
+            Server::builder()
+                .add_service(health_service)
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha)
+                .add_service(event_store)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                    let _ = serve_stop.wait_for(|stopping| *stopping).await;
+                }),
+        );
+        info!(%address, "listening");
+
+        let mut prepare_stop = stop.clone();
+        let prepared = tokio::select! {
+            prepared = prepare_pool(&database.options, config.database.pool_size) => Some(prepared),
+            _ = prepare_stop.wait_for(|stopping| *stopping) => None,
+        };
+        let (pool, store_parts) = match prepared {
+            Some(Ok(pool)) => {
+                let (store, writer) = Store::start(pool.clone(), config.limits());
+                ready_store.set(store.clone());
+                set_health(&health, ServingStatus::Serving).await;
+                tokio::spawn(watch_database(pool.clone(), health.clone(), stop.clone()));
+                info!("ready");
+                (Some(pool), Some((store, writer)))
+            }
+            Some(Err(error)) => {
+                error!(%error, "cannot prepare the database");
+                server.abort();
+                database.close().await?;
+                return Err(error);
+            }
+            None => (None, None),
+        };
+
+        let mut wait_stop = stop.clone();
+        tokio::select! {
+            _ = wait_stop.wait_for(|stopping| *stopping) => {}
+            finished = &mut server => {
+                let error = match finished {
+                    Ok(Ok(())) => Error::Internal("server stopped unexpectedly".into()),
+                    Ok(Err(error)) => Error::Internal(format!("server failed: {error}")),
+                    Err(error) => Error::Internal(format!("server task failed: {error}")),
+                };
+                database.close().await?;
+                return Err(error);
+            }
+        }
+
+        info!("shutting down: no new connections, finishing in-flight requests");
+        set_health(&health, ServingStatus::NotServing).await;
+        let grace = Duration::from_secs(config.shutdown_grace_secs);
+        if tokio::time::timeout(grace, &mut server).await.is_err() {
+            warn!(
+                grace_secs = grace.as_secs(),
+                "in-flight requests outlived the grace period; cutting them off"
+            );
+            server.abort();
+        }
+        if let Some((store, writer)) = store_parts {
+            store.stop().await;
+            let _ = writer.await;
+        }
+        if let Some(pool) = pool {
+            pool.close().await;
+        }
+        database.close().await?;
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// Connects (retrying while the database is unreachable) and migrates.
+async fn prepare_pool(options: &PgConnectOptions, pool_size: u32) -> Result<PgPool> {
+    let mut delay = CONNECT_RETRY_FIRST;
+    loop {
+        let attempt = async {
+            let pool = database::connect(options, pool_size).await?;
+            database::migrate(&pool).await?;
+            Ok::<_, Error>(pool)
+        };
+        match attempt.await {
+            Ok(pool) => return Ok(pool),
+            Err(error) if error.is_unavailable() => {
+                warn!(%error, retry_in_ms = delay.as_millis() as u64, "database unreachable");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(CONNECT_RETRY_MAX);
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Reports NOT_SERVING while the database cannot be reached, SERVING again when it can.
+async fn watch_database(pool: PgPool, health: HealthReporter, mut stop: watch::Receiver<bool>) {
+    let mut healthy = true;
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|stopping| *stopping) => return,
+            _ = tokio::time::sleep(HEALTH_CHECK_INTERVAL) => {}
+        }
+        let reachable = tokio::time::timeout(HEALTH_CHECK_TIMEOUT, async {
+            let mut connection = pool.acquire().await?;
+            sqlx::Connection::ping(&mut *connection).await
+        })
+        .await
+        .is_ok_and(|result| result.is_ok());
+        if reachable != healthy {
+            healthy = reachable;
+            if healthy {
+                info!("database reachable again");
+                set_health(&health, ServingStatus::Serving).await;
+            } else {
+                warn!("database unreachable");
+                set_health(&health, ServingStatus::NotServing).await;
+            }
+        }
+    }
+}
+
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health.set_service_status(EVENT_STORE_SERVICE, status).await;
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    info!("shutdown signal received");
+}
+
+/// `highwater migrate`: applies migrations and exits.
+pub async fn migrate(config: &DatabaseConfig) -> Result<()> {
+    let database = Database::open(config).await?;
+    let result = async {
+        let pool = database::connect(&database.options, 1).await?;
+        database::migrate(&pool).await?;
+        pool.close().await;
+        Ok(())
+    }
+    .await;
+    database.close().await?;
+    if result.is_ok() {
+        info!("migrations applied");
+    }
+    result
+}

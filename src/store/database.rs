@@ -1,0 +1,74 @@
+//! Connecting to PostgreSQL: creating the database when it is missing, and migrations.
+
+use std::time::Duration;
+
+use sqlx::{
+    AssertSqlSafe, ConnectOptions, Connection, PgPool,
+    postgres::{PgConnectOptions, PgConnection, PgPoolOptions},
+};
+use tracing::info;
+
+use crate::error::{Error, Result};
+
+/// The embedded migrations from `migrations/`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+
+/// How long a request waits for a pooled connection before it fails as unavailable.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens a pool, creating the database first if it does not exist.
+pub async fn connect(options: &PgConnectOptions, pool_size: u32) -> Result<PgPool> {
+    ensure_database(options).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(pool_size)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_with(options.clone())
+        .await?;
+    Ok(pool)
+}
+
+/// Applies pending migrations. Safe to run from several servers at once: the migrator holds an
+/// advisory lock while it works.
+pub async fn migrate(pool: &PgPool) -> Result<()> {
+    MIGRATOR.run(pool).await.map_err(|error| match error {
+        sqlx::migrate::MigrateError::Execute(inner) => Error::from(inner),
+        other => Error::Internal(format!("migration failed: {other}")),
+    })
+}
+
+async fn ensure_database(options: &PgConnectOptions) -> Result<()> {
+    match options.connect().await {
+        Ok(connection) => {
+            let _ = connection.close().await;
+            Ok(())
+        }
+        Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("3D000") => {
+            let name = options.get_database().unwrap_or("postgres").to_string();
+            create_database(options, &name).await
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+async fn create_database(options: &PgConnectOptions, name: &str) -> Result<()> {
+    let mut admin: PgConnection = options.clone().database("postgres").connect().await?;
+    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    // The name is quoted as an identifier above; no other input reaches the text.
+    let created = sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {quoted}")))
+        .execute(&mut admin)
+        .await;
+    let _ = admin.close().await;
+    match created {
+        Ok(_) => {
+            info!(database = name, "created database");
+            Ok(())
+        }
+        // Another server created it at the same moment.
+        Err(sqlx::Error::Database(error))
+            if matches!(error.code().as_deref(), Some("42P04") | Some("23505")) =>
+        {
+            Ok(())
+        }
+        Err(error) => Err(error.into()),
+    }
+}

@@ -1,0 +1,89 @@
+//! The event log on PostgreSQL: the writer (appends), the reader (paged reads) and schema access.
+
+pub mod database;
+pub mod model;
+pub mod reader;
+pub mod validate;
+pub mod writer;
+
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, Result};
+use model::{AppendInput, AppendResult, Direction};
+use reader::ReadCursor;
+use validate::Limits;
+use writer::Writer;
+
+/// The core of the event store: what the gRPC adapters call. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+    writer: Writer,
+    limits: Limits,
+}
+
+impl Store {
+    /// Starts the writer task on `pool`; the handle ends after [`Store::stop`].
+    pub fn start(pool: PgPool, limits: Limits) -> (Self, JoinHandle<()>) {
+        let (writer, task) = Writer::spawn(pool.clone());
+        (
+            Self {
+                pool,
+                writer,
+                limits,
+            },
+            task,
+        )
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Validates and appends; see `proto/highwater/v1/event_store.proto` for the rules.
+    pub async fn append(&self, input: AppendInput) -> Result<AppendResult> {
+        let request = validate::validate_append(input, &self.limits)?;
+        self.writer.append(request).await
+    }
+
+    /// A cursor over one stream; `NOT_FOUND` when the stream has no events.
+    pub async fn read_stream(
+        &self,
+        stream: String,
+        from_revision: u64,
+        direction: Direction,
+        max_count: u64,
+    ) -> Result<ReadCursor> {
+        let mut violations = Vec::new();
+        validate::check_stream_name("stream", &stream, &mut violations);
+        if !violations.is_empty() {
+            return Err(Error::InvalidArgument(violations));
+        }
+        if !reader::stream_exists(&self.pool, &stream).await? {
+            return Err(Error::StreamNotFound(stream));
+        }
+        Ok(ReadCursor::stream(
+            self.pool.clone(),
+            stream,
+            from_revision,
+            direction,
+            max_count,
+        ))
+    }
+
+    /// A cursor over the whole log.
+    pub fn read_all(
+        &self,
+        after_position: u64,
+        direction: Direction,
+        max_count: u64,
+    ) -> ReadCursor {
+        ReadCursor::all(self.pool.clone(), after_position, direction, max_count)
+    }
+
+    /// Answers every append queued so far, then stops the writer.
+    pub async fn stop(&self) {
+        self.writer.stop().await;
+    }
+}
