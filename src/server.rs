@@ -144,23 +144,22 @@ impl Application {
                     .max(4 << 20),
             );
 
-        let mut serve_stop = stop.clone();
         let mut server: JoinHandle<Result<(), tonic::transport::Error>> = tokio::spawn(
             Server::builder()
                 .add_service(health_service)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
                 .add_service(event_store)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                    let _ = serve_stop.wait_for(|stopping| *stopping).await;
-                }),
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(listener),
+                    stopped(stop.clone()),
+                ),
         );
         info!(%address, "listening");
 
-        let mut prepare_stop = stop.clone();
         let prepared = tokio::select! {
             prepared = prepare_pool(&database.options, config.database.pool_size) => Some(prepared),
-            _ = prepare_stop.wait_for(|stopping| *stopping) => None,
+            () = stopped(stop.clone()) => None,
         };
         let (pool, store_parts) = match prepared {
             Some(Ok(pool)) => {
@@ -180,9 +179,8 @@ impl Application {
             None => (None, None),
         };
 
-        let mut wait_stop = stop.clone();
         tokio::select! {
-            _ = wait_stop.wait_for(|stopping| *stopping) => {}
+            () = stopped(stop.clone()) => {}
             finished = &mut server => {
                 let error = match finished {
                     Ok(Ok(())) => Error::Internal("server stopped unexpectedly".into()),
@@ -217,6 +215,11 @@ impl Application {
     }
 }
 
+/// Completes once shutdown has begun.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopping| *stopping).await;
+}
+
 /// Connects (retrying while the database is unreachable) and migrates.
 async fn prepare_pool(options: &PgConnectOptions, pool_size: u32) -> Result<PgPool> {
     let mut delay = CONNECT_RETRY_FIRST;
@@ -239,11 +242,11 @@ async fn prepare_pool(options: &PgConnectOptions, pool_size: u32) -> Result<PgPo
 }
 
 /// Reports NOT_SERVING while the database cannot be reached, SERVING again when it can.
-async fn watch_database(pool: PgPool, health: HealthReporter, mut stop: watch::Receiver<bool>) {
+async fn watch_database(pool: PgPool, health: HealthReporter, stop: watch::Receiver<bool>) {
     let mut healthy = true;
     loop {
         tokio::select! {
-            _ = stop.wait_for(|stopping| *stopping) => return,
+            () = stopped(stop.clone()) => return,
             _ = tokio::time::sleep(HEALTH_CHECK_INTERVAL) => {}
         }
         let reachable = tokio::time::timeout(HEALTH_CHECK_TIMEOUT, async {

@@ -1,0 +1,382 @@
+//! The test harness: a real server per test, on its own database, against real PostgreSQL.
+//!
+//! With `DATABASE_URL` set, test databases are created on that server; otherwise one private
+//! PostgreSQL (the server's own embedded mode) is started for the whole test binary.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use highwater::{
+    config::{Cli, ServeConfig},
+    pb::{self, event_store_client::EventStoreClient},
+    server::Application,
+};
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::transport::Channel;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+use uuid::Uuid;
+
+/// The URL of the maintenance database of the server the tests use.
+pub fn admin_url() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => start_private_postgres(),
+    })
+}
+
+/// Starts the embedded PostgreSQL once for this test binary, on a thread that lives as long as
+/// the process (the cluster is tied to the thread that started it), and stops it at exit.
+fn start_private_postgres() -> String {
+    static STATE: OnceLock<PathBuf> = OnceLock::new();
+    extern "C" fn stop_at_exit() {
+        if let Some(dir) = STATE.get() {
+            let pid_file = dir.join("postgres/postmaster.pid");
+            if let Some(pid) = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|text| text.lines().next()?.trim().parse::<i32>().ok())
+            {
+                unsafe { libc::kill(pid, libc::SIGINT) };
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while pid_file.exists() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
+    let dir = tempfile::Builder::new()
+        .prefix("hw-test-")
+        .tempdir_in("/tmp")
+        .expect("temp dir")
+        .keep();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let thread_dir = dir.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let postgres = highwater::embedded_pg::EmbeddedPostgres::start(&thread_dir, None)
+                .await
+                .expect("start the private PostgreSQL for tests");
+            let url = format!(
+                "postgres://highwater@localhost/postgres?host={}&port=5432",
+                postgres.socket_dir().display()
+            );
+            sender.send(url).unwrap();
+            std::future::pending::<()>().await;
+            drop(postgres);
+        });
+    });
+    let url = receiver.recv().expect("private PostgreSQL started");
+    let _ = STATE.set(dir);
+    unsafe { libc::atexit(stop_at_exit) };
+    url
+}
+
+/// `url` with its database name replaced.
+pub fn url_for_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[authority_start..]
+        .find('/')
+        .map_or(base.len(), |i| authority_start + i);
+    let mut out = format!("{}/{}", &base[..path_start], database);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+/// A database for one test, dropped when the guard is.
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDatabase {
+    /// A fresh name; the server under test creates the database on first connect.
+    pub fn new() -> Self {
+        let name = format!("hw_test_{}", Uuid::new_v4().simple());
+        let url = url_for_database(admin_url(), &name);
+        Self { name, url }
+    }
+
+    pub async fn connect(&self) -> PgConnection {
+        PgConnection::connect(&self.url)
+            .await
+            .expect("connect to the test database")
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime: do the async work on a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                if let Ok(mut admin) = PgConnection::connect(admin_url()).await {
+                    let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                    let _ = sqlx::query(AssertSqlSafe(sql)).execute(&mut admin).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Server flags for a test: an ephemeral port on loopback and the given database.
+pub fn config_for(database_url: &str, extra: &[&str]) -> ServeConfig {
+    let mut args = vec![
+        "highwater",
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        database_url,
+        "--pool-size",
+        "8",
+    ];
+    args.extend_from_slice(extra);
+    <Cli as clap::Parser>::try_parse_from(args)
+        .expect("valid test flags")
+        .serve
+}
+
+/// A server running inside the test process.
+pub struct RunningServer {
+    pub address: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<highwater::error::Result<()>>>,
+}
+
+impl RunningServer {
+    /// Builds and runs a server; does not wait for readiness.
+    pub async fn start(config: ServeConfig) -> Self {
+        let app = Application::build(config).await.expect("build the server");
+        let address = app.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_until_stopped(async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            address,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    pub async fn client(&self) -> EventStoreClient<Channel> {
+        EventStoreClient::connect(self.endpoint())
+            .await
+            .expect("connect to the server")
+    }
+
+    /// Health of the whole server (`""`), or None if the call itself failed.
+    pub async fn health(&self) -> Option<ServingStatus> {
+        let mut client = HealthClient::new(
+            Channel::from_shared(self.endpoint())
+                .ok()?
+                .connect()
+                .await
+                .ok()?,
+        );
+        let response = client
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .ok()?;
+        ServingStatus::try_from(response.into_inner().status).ok()
+    }
+
+    /// Waits until health reports `status`.
+    pub async fn wait_for_health(&self, status: ServingStatus, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.health().await == Some(status) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "health did not become {status:?} within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Graceful shutdown, as on SIGTERM; returns the server's result.
+    pub async fn stop(mut self) -> highwater::error::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task
+            .take()
+            .expect("running")
+            .await
+            .expect("server task")
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A ready server on a database of its own, with a client.
+pub struct TestApp {
+    pub server: RunningServer,
+    pub client: EventStoreClient<Channel>,
+    pub database: TestDatabase,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(&[]).await
+    }
+
+    /// With extra server flags.
+    pub async fn spawn_with(extra: &[&str]) -> Self {
+        let database = TestDatabase::new();
+        let server = RunningServer::start(config_for(&database.url, extra)).await;
+        server
+            .wait_for_health(ServingStatus::Serving, Duration::from_secs(30))
+            .await;
+        let client = server.client().await;
+        Self {
+            server,
+            client,
+            database,
+        }
+    }
+
+    /// Stops the server gracefully and starts a new one on the same database.
+    pub async fn restart(self) -> Self {
+        let Self {
+            server,
+            database,
+            client,
+        } = self;
+        drop(client);
+        server.stop().await.expect("graceful stop");
+        let server = RunningServer::start(config_for(&database.url, &[])).await;
+        server
+            .wait_for_health(ServingStatus::Serving, Duration::from_secs(30))
+            .await;
+        let client = server.client().await;
+        Self {
+            server,
+            client,
+            database,
+        }
+    }
+
+    pub async fn append(
+        &mut self,
+        request: pb::AppendRequest,
+    ) -> Result<pb::AppendResponse, tonic::Status> {
+        self.client.append(request).await.map(|r| r.into_inner())
+    }
+
+    /// Every event of the log, forwards.
+    pub async fn read_all(&mut self) -> Vec<pb::RecordedEvent> {
+        read_all_from(&mut self.client, 0, pb::Direction::Forwards, 0)
+            .await
+            .expect("read all")
+    }
+
+    pub async fn read_stream(
+        &mut self,
+        stream: &str,
+        from_revision: u64,
+        direction: pb::Direction,
+        max_count: u64,
+    ) -> Result<Vec<pb::RecordedEvent>, tonic::Status> {
+        let request = pb::ReadStreamRequest {
+            stream: stream.into(),
+            from_revision,
+            direction: direction as i32,
+            max_count,
+        };
+        collect(self.client.read_stream(request).await?.into_inner()).await
+    }
+}
+
+pub async fn read_all_from(
+    client: &mut EventStoreClient<Channel>,
+    after_position: u64,
+    direction: pb::Direction,
+    max_count: u64,
+) -> Result<Vec<pb::RecordedEvent>, tonic::Status> {
+    let request = pb::ReadAllRequest {
+        after_position,
+        direction: direction as i32,
+        max_count,
+    };
+    collect(client.read_all(request).await?.into_inner()).await
+}
+
+async fn collect(
+    mut stream: tonic::Streaming<pb::ReadResponse>,
+) -> Result<Vec<pb::RecordedEvent>, tonic::Status> {
+    let mut events = Vec::new();
+    while let Some(message) = stream.message().await? {
+        events.push(message.event.expect("a read response carries an event"));
+    }
+    Ok(events)
+}
+
+/// A JSON event with a fresh id.
+pub fn json_event(event_type: &str, json: &str) -> pb::ProposedEvent {
+    pb::ProposedEvent {
+        id: Uuid::now_v7().to_string(),
+        r#type: event_type.into(),
+        data: json.as_bytes().to_vec().into(),
+        content_type: String::new(),
+        metadata: Default::default(),
+    }
+}
+
+pub fn append_request(
+    stream: &str,
+    expected: Option<pb::append_request::Expected>,
+    events: Vec<pb::ProposedEvent>,
+) -> pb::AppendRequest {
+    pb::AppendRequest {
+        stream: stream.into(),
+        expected,
+        events,
+    }
+}
+
+pub fn exact(revision: u64) -> Option<pb::append_request::Expected> {
+    Some(pb::append_request::Expected::Revision(revision))
+}
+
+pub fn state(state: pb::ExpectedState) -> Option<pb::append_request::Expected> {
+    Some(pb::append_request::Expected::State(state as i32))
+}

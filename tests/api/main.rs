@@ -1,0 +1,7 @@
+//! Integration tests: the real server against real PostgreSQL, one database per test.
+
+mod append;
+mod embedded;
+mod helpers;
+mod read;
+mod server;

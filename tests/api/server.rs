@@ -1,0 +1,301 @@
+use std::time::Duration;
+
+use highwater::pb::{self, ExpectedState};
+use tokio::{
+    io::copy_bidirectional,
+    net::{TcpListener, TcpStream, UnixStream},
+    sync::watch,
+};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_reflection::pb::v1::{
+    ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+    server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn reflection_lists_the_event_store() {
+    let app = TestApp::spawn().await;
+    let mut client = ServerReflectionClient::new(
+        tonic::transport::Channel::from_shared(app.server.endpoint())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses
+        .message()
+        .await
+        .unwrap()
+        .expect("one reflection response");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection response: {response:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"highwater.v1.EventStore".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_acknowledged_append_survives_a_graceful_shutdown_and_restart() {
+    let mut app = TestApp::spawn().await;
+    let event = json_event("Kept", "{\"n\":1}");
+    let acknowledged = app
+        .append(append_request("durable", None, vec![event.clone()]))
+        .await
+        .unwrap();
+    let mut app = app.restart().await;
+    let stored = app
+        .read_stream("durable", 0, pb::Direction::Forwards, 0)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        (stored[0].id.as_str(), stored[0].position),
+        (event.id.as_str(), acknowledged.last_position)
+    );
+    // The restarted server continues the same log.
+    let next = app
+        .append(append_request(
+            "durable",
+            state(ExpectedState::StreamExists),
+            vec![json_event("E", "{}")],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(next.last_position, acknowledged.last_position + 1);
+}
+
+#[tokio::test]
+async fn shutdown_answers_the_appends_in_flight() {
+    let app = TestApp::spawn().await;
+    let mut tasks = Vec::new();
+    for writer in 0..8 {
+        let mut client = app.server.client().await;
+        tasks.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            for _ in 0..200 {
+                let event = json_event("E", "{}");
+                match client
+                    .append(append_request(
+                        &format!("w-{writer}"),
+                        None,
+                        vec![event.clone()],
+                    ))
+                    .await
+                {
+                    Ok(_) => acknowledged.push(event.id),
+                    Err(_) => break,
+                }
+            }
+            acknowledged
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let TestApp {
+        server,
+        database,
+        client,
+    } = app;
+    drop(client);
+    server.stop().await.expect("graceful stop");
+    let mut acknowledged = Vec::new();
+    for task in tasks {
+        // Every caller got an answer: no task is left waiting.
+        acknowledged.extend(
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("answered")
+                .unwrap(),
+        );
+    }
+    assert!(!acknowledged.is_empty());
+
+    let server = RunningServer::start(config_for(&database.url, &[])).await;
+    server
+        .wait_for_health(ServingStatus::Serving, Duration::from_secs(30))
+        .await;
+    let mut client = server.client().await;
+    let stored: std::collections::HashSet<String> =
+        read_all_from(&mut client, 0, pb::Direction::Forwards, 0)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+    for id in &acknowledged {
+        assert!(stored.contains(id), "acknowledged event {id} was lost");
+    }
+}
+
+#[tokio::test]
+async fn two_servers_started_at_once_on_a_new_database_both_come_up() {
+    let database = TestDatabase::new();
+    let (first, second) = tokio::join!(
+        RunningServer::start(config_for(&database.url, &[])),
+        RunningServer::start(config_for(&database.url, &[])),
+    );
+    tokio::join!(
+        first.wait_for_health(ServingStatus::Serving, Duration::from_secs(30)),
+        second.wait_for_health(ServingStatus::Serving, Duration::from_secs(30)),
+    );
+    let mut a = first.client().await;
+    let mut b = second.client().await;
+    a.append(append_request("s", None, vec![json_event("E", "{}")]))
+        .await
+        .unwrap();
+    let seen = read_all_from(&mut b, 0, pb::Direction::Forwards, 0)
+        .await
+        .unwrap();
+    assert_eq!(seen.len(), 1);
+    first.stop().await.unwrap();
+    second.stop().await.unwrap();
+}
+
+/// A TCP proxy in front of the test database that can be switched off, cutting every
+/// connection through it, to make the database unreachable for the server under test.
+struct SwitchableProxy {
+    port: u16,
+    /// True while the proxy passes connections through.
+    switch: watch::Sender<bool>,
+}
+
+impl SwitchableProxy {
+    async fn start(initially_on: bool) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (switch, on) = watch::channel(initially_on);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut on = on.clone();
+                if !*on.borrow() {
+                    continue; // refused: dropped at once
+                }
+                tokio::spawn(async move {
+                    let Some(upstream) = connect_upstream().await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = on.wait_for(|on| !*on) => {}
+                        _ = async {
+                            match upstream {
+                                Upstream::Tcp(mut s) => { let _ = copy_bidirectional(&mut inbound, &mut s).await; }
+                                Upstream::Unix(mut s) => { let _ = copy_bidirectional(&mut inbound, &mut s).await; }
+                            }
+                        } => {}
+                    }
+                });
+            }
+        });
+        Self { port, switch }
+    }
+
+    fn set(&self, on: bool) {
+        self.switch.send_replace(on);
+    }
+
+    /// The test database reached through the proxy.
+    fn url(&self, database: &str) -> String {
+        format!(
+            "postgres://{}@127.0.0.1:{}/{database}",
+            upstream_user(),
+            self.port
+        )
+    }
+}
+
+enum Upstream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+fn upstream_options() -> sqlx::postgres::PgConnectOptions {
+    admin_url().parse().unwrap()
+}
+
+fn upstream_user() -> String {
+    upstream_options().get_username().to_string()
+}
+
+async fn connect_upstream() -> Option<Upstream> {
+    let options = upstream_options();
+    match options.get_socket() {
+        Some(dir) => UnixStream::connect(dir.join(format!(".s.PGSQL.{}", options.get_port())))
+            .await
+            .ok()
+            .map(Upstream::Unix),
+        None => TcpStream::connect((options.get_host(), options.get_port()))
+            .await
+            .ok()
+            .map(Upstream::Tcp),
+    }
+}
+
+#[tokio::test]
+async fn health_follows_readiness_and_database_reachability() {
+    let database = TestDatabase::new();
+    let proxy = SwitchableProxy::start(false).await;
+    let server = RunningServer::start(config_for(&proxy.url(&database.name), &[])).await;
+
+    // Database unreachable at start: the server answers, but is not serving.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(server.health().await, Some(ServingStatus::NotServing));
+    let mut client = server.client().await;
+    let status = client
+        .append(append_request("s", None, vec![json_event("E", "{}")]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+
+    // Reachable: migrations run, then SERVING.
+    proxy.set(true);
+    server
+        .wait_for_health(ServingStatus::Serving, Duration::from_secs(30))
+        .await;
+    client
+        .append(append_request("s", None, vec![json_event("E", "{}")]))
+        .await
+        .unwrap();
+
+    // Lost: NOT_SERVING, and appends fail as unavailable rather than hang.
+    proxy.set(false);
+    server
+        .wait_for_health(ServingStatus::NotServing, Duration::from_secs(15))
+        .await;
+    let status = client
+        .append(append_request("s", None, vec![json_event("E", "{}")]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+
+    // Back: SERVING again, and appends work.
+    proxy.set(true);
+    server
+        .wait_for_health(ServingStatus::Serving, Duration::from_secs(15))
+        .await;
+    let ok = client
+        .append(append_request("s", None, vec![json_event("E", "{}")]))
+        .await
+        .unwrap();
+    assert_eq!(ok.into_inner().last_revision, 1);
+    server.stop().await.unwrap();
+}
