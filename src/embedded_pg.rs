@@ -179,15 +179,15 @@ impl EmbeddedPostgres {
         let deadline = Instant::now() + START_TIMEOUT;
         let options = self.connect_options().database("postgres");
         loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    self.child = None;
-                    return Err(Error::Startup(format!(
-                        "PostgreSQL exited at start ({status}); its log {} ends with:\n{}",
-                        log_file.display(),
-                        tail(log_file, 15)
-                    )));
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                return Err(Error::Startup(format!(
+                    "PostgreSQL exited at start ({status}); its log {} ends with:\n{}",
+                    log_file.display(),
+                    tail(log_file, 15)
+                )));
             }
             if let Ok(connection) = options.connect().await {
                 let _ = connection.close().await;
@@ -294,7 +294,7 @@ fn find_binaries(explicit: Option<&Path>) -> Result<PathBuf> {
             Some((version, entry.path().join("bin")))
         })
         .collect();
-    packaged.sort_by(|a, b| b.0.cmp(&a.0));
+    packaged.sort_by_key(|(version, _)| std::cmp::Reverse(*version));
 
     on_path
         .into_iter()

@@ -97,13 +97,13 @@ pub fn validate_append(input: AppendInput, limits: &Limits) -> Result<AppendRequ
                 }
             }
         };
-        if !id.is_nil() {
-            if let Some(first) = seen_ids.insert(id, index) {
-                violations.push(FieldViolation::new(
-                    field("id"),
-                    format!("duplicates events[{first}].id"),
-                ));
-            }
+        if !id.is_nil()
+            && let Some(first) = seen_ids.insert(id, index)
+        {
+            violations.push(FieldViolation::new(
+                field("id"),
+                format!("duplicates events[{first}].id"),
+            ));
         }
 
         if let Some(problem) = name_problem(&event.event_type) {
@@ -121,13 +121,13 @@ pub fn validate_append(input: AppendInput, limits: &Limits) -> Result<AppendRequ
                 format!("must be at most {MAX_NAME_BYTES} bytes without control characters"),
             ));
         }
-        if is_json_content_type(&content_type) {
-            if let Err(error) = serde_json::from_slice::<serde::de::IgnoredAny>(&event.data) {
-                violations.push(FieldViolation::new(
-                    field("data"),
-                    format!("is not valid JSON (content type {content_type}): {error}"),
-                ));
-            }
+        if is_json_content_type(&content_type)
+            && let Err(error) = serde_json::from_slice::<serde::de::IgnoredAny>(&event.data)
+        {
+            violations.push(FieldViolation::new(
+                field("data"),
+                format!("is not valid JSON (content type {content_type}): {error}"),
+            ));
         }
 
         let metadata_json = match serde_json::to_string(&event.metadata) {

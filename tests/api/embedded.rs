@@ -60,10 +60,9 @@ async fn wait_serving(port: u16) {
                     service: "highwater.v1.EventStore".into(),
                 })
                 .await
+                && response.into_inner().status == ServingStatus::Serving as i32
             {
-                if response.into_inner().status == ServingStatus::Serving as i32 {
-                    return;
-                }
+                return;
             }
         }
         assert!(Instant::now() < deadline, "server did not become ready");
