@@ -49,6 +49,11 @@ pub struct ServeConfig {
     #[arg(long, env = "HIGHWATER_MAX_APPEND_BYTES", default_value_t = Limits::default().max_append_bytes)]
     pub max_append_bytes: usize,
 
+    /// Batches of new events kept for live subscribers. A subscriber that falls further behind
+    /// (a slow client) goes back to reading history from the database, and skips nothing.
+    #[arg(long, env = "HIGHWATER_LIVE_BUFFER_BATCHES", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub live_buffer_batches: u32,
+
     /// Seconds to let in-flight requests finish after SIGINT/SIGTERM before cutting them off.
     #[arg(long, env = "HIGHWATER_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,

@@ -42,6 +42,9 @@ pub enum Error {
     #[error("stream {0:?} not found")]
     StreamNotFound(String),
 
+    #[error("subscription {0:?} not found")]
+    SubscriptionNotFound(String),
+
     /// The database cannot be reached (or not yet, or the server is stopping): retrying is safe.
     #[error("{0}")]
     Unavailable(String),
@@ -139,7 +142,7 @@ impl From<Error> for Status {
                     ErrorDetails::with_error_info("DUPLICATE_EVENT_ID", ERROR_DOMAIN, metadata);
                 Status::with_error_details(Code::AlreadyExists, message, details)
             }
-            Error::StreamNotFound(_) => Status::not_found(message),
+            Error::StreamNotFound(_) | Error::SubscriptionNotFound(_) => Status::not_found(message),
             Error::Unavailable(_) => Status::unavailable(message),
             Error::Internal(_) | Error::Startup(_) => {
                 tracing::error!(error = %message, "internal error");

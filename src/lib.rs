@@ -12,7 +12,11 @@ pub mod grpc;
 pub mod pb;
 /// Server assembly, health, reflection and graceful shutdown.
 pub mod server;
+/// The shutdown signal shared by background tasks.
+pub mod shutdown;
 /// The event log on PostgreSQL.
 pub mod store;
+/// Subscriptions: the LISTEN/NOTIFY hub and catch-up-then-live subscribers.
+pub mod subscribe;
 /// Logging.
 pub mod telemetry;

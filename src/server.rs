@@ -14,10 +14,13 @@ use crate::{
     config::{DatabaseConfig, ServeConfig},
     embedded_pg::EmbeddedPostgres,
     error::{Error, Result},
-    grpc::{ReadyStore, event_store::EventStoreService},
+    grpc::{Core, ReadyCore, event_store::EventStoreService},
     pb::{self, event_store_server::EventStoreServer},
+    shutdown::stopped,
     store::{Store, database},
+    subscribe::{Subscriptions, hub::Hub, registry::Registry},
 };
+use std::sync::Arc;
 
 /// The fully qualified name health reports for the event store service.
 pub const EVENT_STORE_SERVICE: &str = "highwater.v1.EventStore";
@@ -73,6 +76,7 @@ pub struct Application {
     listener: TcpListener,
     config: ServeConfig,
     database: Database,
+    subscribers: Arc<Registry>,
 }
 
 impl Application {
@@ -87,7 +91,13 @@ impl Application {
             listener,
             config,
             database,
+            subscribers: Arc::default(),
         })
+    }
+
+    /// The subscribers of this server and their progress, for operators and tests.
+    pub fn subscribers(&self) -> Arc<Registry> {
+        self.subscribers.clone()
     }
 
     /// The address actually bound (useful with port 0).
@@ -107,6 +117,7 @@ impl Application {
             listener,
             config,
             database,
+            subscribers,
         } = self;
         let address = listener
             .local_addr()
@@ -132,10 +143,10 @@ impl Application {
             .build_v1alpha()
             .map_err(|error| Error::Startup(format!("reflection: {error}")))?;
 
-        let ready_store = ReadyStore::default();
+        let ready_core = ReadyCore::default();
         // Room for a maximal append plus protobuf framing; larger messages never reach validation.
         let max_message = config.max_append_bytes.saturating_add(1024 * 1024);
-        let event_store = EventStoreServer::new(EventStoreService::new(ready_store.clone()))
+        let event_store = EventStoreServer::new(EventStoreService::new(ready_core.clone()))
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(
                 config
@@ -158,17 +169,21 @@ impl Application {
         info!(%address, "listening");
 
         let prepared = tokio::select! {
-            prepared = prepare_pool(&database.options, config.database.pool_size) => Some(prepared),
+            prepared = prepare(&database.options, &config, &subscribers, &stop) => Some(prepared),
             () = stopped(stop.clone()) => None,
         };
-        let (pool, store_parts) = match prepared {
-            Some(Ok(pool)) => {
+        let running = match prepared {
+            Some(Ok((pool, hub, hub_task))) => {
                 let (store, writer) = Store::start(pool.clone(), config.limits());
-                ready_store.set(store.clone());
+                let subscriptions = Subscriptions::new(pool.clone(), hub, stop.clone());
+                ready_core.set(Core {
+                    store: store.clone(),
+                    subscriptions,
+                });
                 set_health(&health, ServingStatus::Serving).await;
                 tokio::spawn(watch_database(pool.clone(), health.clone(), stop.clone()));
                 info!("ready");
-                (Some(pool), Some((store, writer)))
+                Some((pool, store, writer, hub_task))
             }
             Some(Err(error)) => {
                 error!(%error, "cannot prepare the database");
@@ -176,37 +191,42 @@ impl Application {
                 database.close().await?;
                 return Err(error);
             }
-            None => (None, None),
+            None => None,
         };
 
+        let mut server_finished = false;
         tokio::select! {
             () = stopped(stop.clone()) => {}
             finished = &mut server => {
-                let error = match finished {
-                    Ok(Ok(())) => Error::Internal("server stopped unexpectedly".into()),
-                    Ok(Err(error)) => Error::Internal(format!("server failed: {error}")),
-                    Err(error) => Error::Internal(format!("server task failed: {error}")),
-                };
-                database.close().await?;
-                return Err(error);
+                // The server also finishes on its own once shutdown has begun; anything else is
+                // a failure.
+                if !*stop.borrow() {
+                    let error = match finished {
+                        Ok(Ok(())) => Error::Internal("server stopped unexpectedly".into()),
+                        Ok(Err(error)) => Error::Internal(format!("server failed: {error}")),
+                        Err(error) => Error::Internal(format!("server task failed: {error}")),
+                    };
+                    database.close().await?;
+                    return Err(error);
+                }
+                server_finished = true;
             }
         }
 
         info!("shutting down: no new connections, finishing in-flight requests");
         set_health(&health, ServingStatus::NotServing).await;
         let grace = Duration::from_secs(config.shutdown_grace_secs);
-        if tokio::time::timeout(grace, &mut server).await.is_err() {
+        if !server_finished && tokio::time::timeout(grace, &mut server).await.is_err() {
             warn!(
                 grace_secs = grace.as_secs(),
                 "in-flight requests outlived the grace period; cutting them off"
             );
             server.abort();
         }
-        if let Some((store, writer)) = store_parts {
+        if let Some((pool, store, writer, hub_task)) = running {
             store.stop().await;
             let _ = writer.await;
-        }
-        if let Some(pool) = pool {
+            let _ = hub_task.await;
             pool.close().await;
         }
         database.close().await?;
@@ -215,22 +235,31 @@ impl Application {
     }
 }
 
-/// Completes once shutdown has begun.
-async fn stopped(mut stop: watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stopping| *stopping).await;
-}
-
-/// Connects (retrying while the database is unreachable) and migrates.
-async fn prepare_pool(options: &PgConnectOptions, pool_size: u32) -> Result<PgPool> {
+/// Connects, migrates and starts the subscription hub, retrying while the database is
+/// unreachable.
+async fn prepare(
+    options: &PgConnectOptions,
+    config: &ServeConfig,
+    subscribers: &Arc<Registry>,
+    stop: &watch::Receiver<bool>,
+) -> Result<(PgPool, Arc<Hub>, JoinHandle<()>)> {
     let mut delay = CONNECT_RETRY_FIRST;
     loop {
         let attempt = async {
-            let pool = database::connect(options, pool_size).await?;
+            let pool = database::connect(options, config.database.pool_size).await?;
             database::migrate(&pool).await?;
-            Ok::<_, Error>(pool)
+            let (hub, hub_task) = Hub::start(
+                pool.clone(),
+                options,
+                subscribers.clone(),
+                config.live_buffer_batches as usize,
+                stop.clone(),
+            )
+            .await?;
+            Ok::<_, Error>((pool, hub, hub_task))
         };
         match attempt.await {
-            Ok(pool) => return Ok(pool),
+            Ok(prepared) => return Ok(prepared),
             Err(error) if error.is_unavailable() => {
                 warn!(%error, retry_in_ms = delay.as_millis() as u64, "database unreachable");
                 tokio::time::sleep(delay).await;

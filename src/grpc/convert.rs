@@ -1,5 +1,8 @@
 //! Conversions between protobuf messages and core types. No rules live here beyond decoding.
 
+use crate::subscribe::{
+    AllStart, Filter, StreamStart, SubscriptionMessage, checkpoints::DurableSubscription,
+};
 use crate::{
     error::{Error, Result},
     pb,
@@ -75,5 +78,63 @@ pub fn recorded_event(event: RecordedEvent) -> pb::RecordedEvent {
         content_type: event.content_type,
         metadata: event.metadata,
         recorded_at: Some(prost_types::Timestamp::from(event.recorded_at)),
+    }
+}
+
+pub fn subscribe_all(request: &pb::SubscribeAllRequest) -> (AllStart, Filter) {
+    let start = match &request.start {
+        None => AllStart::After(0),
+        Some(pb::subscribe_all_request::Start::AfterPosition(position)) => {
+            AllStart::After(*position)
+        }
+        Some(pb::subscribe_all_request::Start::End(())) => AllStart::End,
+        Some(pb::subscribe_all_request::Start::Subscription(name)) => {
+            AllStart::Durable(name.clone())
+        }
+    };
+    let filter = request
+        .filter
+        .as_ref()
+        .map(|filter| Filter {
+            stream_prefixes: filter.stream_prefixes.clone(),
+            event_types: filter.event_types.clone(),
+        })
+        .unwrap_or_default();
+    (start, filter)
+}
+
+pub fn stream_start(request: &pb::SubscribeStreamRequest) -> StreamStart {
+    match request.start {
+        None => StreamStart::From(0),
+        Some(pb::subscribe_stream_request::Start::FromRevision(revision)) => {
+            StreamStart::From(revision)
+        }
+        Some(pb::subscribe_stream_request::Start::End(())) => StreamStart::End,
+    }
+}
+
+pub fn subscription_message(message: SubscriptionMessage) -> pb::SubscribeResponse {
+    use pb::subscribe_response::Content;
+    let content = match message {
+        SubscriptionMessage::Event(event) => Content::Event(recorded_event(event)),
+        SubscriptionMessage::Checkpoint(position) => {
+            Content::Checkpoint(pb::Checkpoint { position })
+        }
+        SubscriptionMessage::CaughtUp(position) => Content::CaughtUp(pb::CaughtUp { position }),
+        SubscriptionMessage::FellBehind(position) => {
+            Content::FellBehind(pb::FellBehind { position })
+        }
+    };
+    pb::SubscribeResponse {
+        content: Some(content),
+    }
+}
+
+pub fn subscription_info(subscription: DurableSubscription) -> pb::SubscriptionInfo {
+    pb::SubscriptionInfo {
+        name: subscription.name,
+        position: subscription.position,
+        lag: subscription.lag,
+        updated_at: Some(prost_types::Timestamp::from(subscription.updated_at)),
     }
 }

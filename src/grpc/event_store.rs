@@ -5,7 +5,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
-use super::{ReadyStore, convert};
+use std::pin::Pin;
+
+use tokio_stream::{Stream, StreamExt};
+
+use super::{ReadyCore, convert};
 use crate::{
     pb::{self, event_store_server::EventStore},
     store::reader::ReadCursor,
@@ -15,16 +19,17 @@ use crate::{
 const READ_BUFFER: usize = 256;
 
 pub struct EventStoreService {
-    store: ReadyStore,
+    core: ReadyCore,
 }
 
 impl EventStoreService {
-    pub fn new(store: ReadyStore) -> Self {
-        Self { store }
+    pub fn new(core: ReadyCore) -> Self {
+        Self { core }
     }
 }
 
 type ReadStream = ReceiverStream<Result<pb::ReadResponse, Status>>;
+type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl EventStore for EventStoreService {
@@ -34,7 +39,7 @@ impl EventStore for EventStoreService {
         request: Request<pb::AppendRequest>,
     ) -> Result<Response<pb::AppendResponse>, Status> {
         let input = convert::append_input(request.into_inner())?;
-        let result = self.store.get()?.append(input).await?;
+        let result = self.core.get()?.store.append(input).await?;
         Ok(Response::new(convert::append_response(result)))
     }
 
@@ -48,8 +53,9 @@ impl EventStore for EventStoreService {
         let request = request.into_inner();
         let direction = convert::direction(request.direction)?;
         let cursor = self
-            .store
+            .core
             .get()?
+            .store
             .read_stream(
                 request.stream,
                 request.from_revision,
@@ -70,11 +76,100 @@ impl EventStore for EventStoreService {
         let request = request.into_inner();
         let direction = convert::direction(request.direction)?;
         let cursor =
-            self.store
+            self.core
                 .get()?
+                .store
                 .read_all(request.after_position, direction, request.max_count);
         Ok(Response::new(stream_pages(cursor)))
     }
+
+    type SubscribeAllStream = SubscribeStream;
+
+    #[instrument(skip_all, fields(start = ?request.get_ref().start))]
+    async fn subscribe_all(
+        &self,
+        request: Request<pb::SubscribeAllRequest>,
+    ) -> Result<Response<Self::SubscribeAllStream>, Status> {
+        let request = request.into_inner();
+        let (start, filter) = convert::subscribe_all(&request);
+        let subscription = self
+            .core
+            .get()?
+            .subscriptions
+            .subscribe_all(start, filter, u64::from(request.checkpoint_interval))
+            .await?;
+        Ok(Response::new(subscription_stream(subscription)))
+    }
+
+    type SubscribeStreamStream = SubscribeStream;
+
+    #[instrument(skip_all, fields(stream = %request.get_ref().stream))]
+    async fn subscribe_stream(
+        &self,
+        request: Request<pb::SubscribeStreamRequest>,
+    ) -> Result<Response<Self::SubscribeStreamStream>, Status> {
+        let request = request.into_inner();
+        let start = convert::stream_start(&request);
+        let subscription = self
+            .core
+            .get()?
+            .subscriptions
+            .subscribe_stream(request.stream, start)
+            .await?;
+        Ok(Response::new(subscription_stream(subscription)))
+    }
+
+    #[instrument(skip_all, fields(subscription = %request.get_ref().subscription, position = request.get_ref().position))]
+    async fn save_checkpoint(
+        &self,
+        request: Request<pb::SaveCheckpointRequest>,
+    ) -> Result<Response<pb::SaveCheckpointResponse>, Status> {
+        let request = request.into_inner();
+        let position = self
+            .core
+            .get()?
+            .subscriptions
+            .save_checkpoint(request.subscription, request.position)
+            .await?;
+        Ok(Response::new(pb::SaveCheckpointResponse { position }))
+    }
+
+    #[instrument(skip_all)]
+    async fn list_subscriptions(
+        &self,
+        _request: Request<pb::ListSubscriptionsRequest>,
+    ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
+        let subscriptions = self.core.get()?.subscriptions.list().await?;
+        Ok(Response::new(pb::ListSubscriptionsResponse {
+            subscriptions: subscriptions
+                .into_iter()
+                .map(convert::subscription_info)
+                .collect(),
+        }))
+    }
+
+    #[instrument(skip_all, fields(subscription = %request.get_ref().subscription))]
+    async fn delete_subscription(
+        &self,
+        request: Request<pb::DeleteSubscriptionRequest>,
+    ) -> Result<Response<pb::DeleteSubscriptionResponse>, Status> {
+        self.core
+            .get()?
+            .subscriptions
+            .delete(request.into_inner().subscription)
+            .await?;
+        Ok(Response::new(pb::DeleteSubscriptionResponse {}))
+    }
+}
+
+/// Converts a core subscription to the response stream; dropping it (the client went away)
+/// drops the receiver, which ends the subscriber task at once.
+fn subscription_stream(subscription: crate::subscribe::Subscription) -> SubscribeStream {
+    Box::pin(ReceiverStream::new(subscription).map(|message| {
+        message
+            .map(convert::subscription_message)
+            .map_err(Status::from)
+    }))
 }
 
 /// Streams a cursor's pages to the client; stops as soon as the client goes away.

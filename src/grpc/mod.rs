@@ -5,21 +5,28 @@ pub mod event_store;
 
 use std::sync::{Arc, OnceLock};
 
-use crate::{error::Error, store::Store};
+use crate::{error::Error, store::Store, subscribe::Subscriptions};
+
+/// The core services the adapters call.
+#[derive(Clone)]
+pub struct Core {
+    pub store: Store,
+    pub subscriptions: Subscriptions,
+}
 
 /// The core, once the database is ready. Requests arriving before then are answered
 /// `UNAVAILABLE`, while health says `NOT_SERVING`.
 #[derive(Clone, Default)]
-pub struct ReadyStore(Arc<OnceLock<Store>>);
+pub struct ReadyCore(Arc<OnceLock<Core>>);
 
-impl ReadyStore {
-    pub fn get(&self) -> Result<&Store, Error> {
+impl ReadyCore {
+    pub fn get(&self) -> Result<&Core, Error> {
         self.0
             .get()
             .ok_or_else(|| Error::Unavailable("server is starting: database not ready".into()))
     }
 
-    pub fn set(&self, store: Store) {
-        let _ = self.0.set(store);
+    pub fn set(&self, core: Core) {
+        let _ = self.0.set(core);
     }
 }

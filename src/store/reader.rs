@@ -164,12 +164,7 @@ fn decode(row: &PgRow) -> Result<RecordedEvent> {
     let metadata: HashMap<String, String> = serde_json::from_str(&metadata).map_err(|error| {
         Error::Internal(format!("stored metadata is not a string map: {error}"))
     })?;
-    let recorded_us: i64 = row.try_get("recorded_us")?;
-    let recorded_at = if recorded_us >= 0 {
-        SystemTime::UNIX_EPOCH + Duration::from_micros(recorded_us as u64)
-    } else {
-        SystemTime::UNIX_EPOCH - Duration::from_micros(recorded_us.unsigned_abs())
-    };
+    let recorded_at = micros_to_time(row.try_get("recorded_us")?);
     Ok(RecordedEvent {
         id: row.try_get("id")?,
         event_type: row.try_get("type")?,
@@ -181,4 +176,13 @@ fn decode(row: &PgRow) -> Result<RecordedEvent> {
         metadata,
         recorded_at,
     })
+}
+
+/// A time given as microseconds since the Unix epoch (how queries return timestamps).
+pub fn micros_to_time(micros: i64) -> SystemTime {
+    if micros >= 0 {
+        SystemTime::UNIX_EPOCH + Duration::from_micros(micros as u64)
+    } else {
+        SystemTime::UNIX_EPOCH - Duration::from_micros(micros.unsigned_abs())
+    }
 }

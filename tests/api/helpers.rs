@@ -163,6 +163,8 @@ pub fn config_for(database_url: &str, extra: &[&str]) -> ServeConfig {
 /// A server running inside the test process.
 pub struct RunningServer {
     pub address: SocketAddr,
+    /// The server's subscribers and their progress.
+    pub subscribers: std::sync::Arc<highwater::subscribe::registry::Registry>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<highwater::error::Result<()>>>,
 }
@@ -172,12 +174,14 @@ impl RunningServer {
     pub async fn start(config: ServeConfig) -> Self {
         let app = Application::build(config).await.expect("build the server");
         let address = app.local_addr();
+        let subscribers = app.subscribers();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until_stopped(async move {
             let _ = stopped.await;
         }));
         Self {
             address,
+            subscribers,
             stop: Some(stop),
             task: Some(task),
         }

@@ -5,3 +5,4 @@ mod embedded;
 mod helpers;
 mod read;
 mod server;
+mod subscribe;

@@ -1,0 +1,89 @@
+//! Durable subscriptions: named checkpoints that only move forwards.
+
+use std::time::SystemTime;
+
+use sqlx::PgPool;
+
+use crate::{
+    error::{Error, Result},
+    store::{reader::micros_to_time, writer::to_i64},
+};
+
+/// A durable subscription as stored.
+#[derive(Debug, Clone)]
+pub struct DurableSubscription {
+    pub name: String,
+    pub position: u64,
+    /// Events committed after the checkpoint.
+    pub lag: u64,
+    pub updated_at: SystemTime,
+}
+
+/// The stored checkpoint of `name`, creating the subscription at 0 if it does not exist.
+pub async fn open(pool: &PgPool, name: &str) -> Result<u64> {
+    let position: i64 = sqlx::query_scalar(
+        "INSERT INTO subscriptions (name) VALUES ($1)
+         ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
+         RETURNING position",
+    )
+    .bind(name)
+    .fetch_one(pool)
+    .await?;
+    Ok(position as u64)
+}
+
+/// Moves the checkpoint forward (never back); returns the stored position.
+pub async fn save(pool: &PgPool, name: &str, position: u64) -> Result<u64> {
+    let head: i64 = sqlx::query_scalar("SELECT position FROM log_head")
+        .fetch_one(pool)
+        .await?;
+    if to_i64(position) > head {
+        return Err(Error::invalid(
+            "position",
+            format!("position {position} is beyond the log's last position {head}"),
+        ));
+    }
+    let stored: i64 = sqlx::query_scalar(
+        "INSERT INTO subscriptions AS s (name, position) VALUES ($1, $2)
+         ON CONFLICT (name) DO UPDATE
+            SET position = GREATEST(s.position, EXCLUDED.position),
+                updated_at = CASE WHEN EXCLUDED.position > s.position THEN now() ELSE s.updated_at END
+         RETURNING position",
+    )
+    .bind(name)
+    .bind(to_i64(position))
+    .fetch_one(pool)
+    .await?;
+    Ok(stored as u64)
+}
+
+pub async fn list(pool: &PgPool) -> Result<Vec<DurableSubscription>> {
+    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT s.name, s.position, greatest(h.position - s.position, 0),
+                (extract(epoch FROM s.updated_at) * 1000000)::bigint
+           FROM subscriptions s CROSS JOIN log_head h
+          ORDER BY s.name",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(name, position, lag, updated_us)| DurableSubscription {
+            name,
+            position: position as u64,
+            lag: lag as u64,
+            updated_at: micros_to_time(updated_us),
+        })
+        .collect())
+}
+
+pub async fn delete(pool: &PgPool, name: &str) -> Result<()> {
+    let deleted = sqlx::query("DELETE FROM subscriptions WHERE name = $1")
+        .bind(name)
+        .execute(pool)
+        .await?;
+    if deleted.rows_affected() == 0 {
+        return Err(Error::SubscriptionNotFound(name.to_string()));
+    }
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! The hub: one LISTEN connection per process. On every commit notification it reads the new
+//! events once and broadcasts them to every live subscriber, so database work grows with
+//! wake-ups, not with subscribers. A lost LISTEN connection is reconnected, and what committed
+//! meanwhile is read at once.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgListener, PgPoolOptions},
+};
+use tokio::{
+    sync::{broadcast, watch},
+    task::JoinHandle,
+};
+use tracing::{debug, info, warn};
+
+use super::registry::{Registry, SubscriberStats};
+use crate::{
+    error::Result,
+    shutdown::stopped,
+    store::{
+        model::{Direction, RecordedEvent},
+        reader::ReadCursor,
+    },
+};
+
+/// The channel `highwater_append` notifies on commit, with the new head as payload.
+pub const CHANNEL: &str = "highwater_appended";
+/// Shown in `pg_stat_activity` for the hub's LISTEN connection.
+pub const APPLICATION_NAME: &str = "highwater-hub";
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Newly committed events, contiguous in position.
+pub type Batch = Arc<[RecordedEvent]>;
+
+pub struct Hub {
+    /// Every batch of newly committed events, in position order. A bounded ring shared by all
+    /// live subscribers (no copy per subscriber); a receiver that falls behind by more than its
+    /// capacity sees `Lagged` and goes back to reading history.
+    batches: broadcast::Sender<Batch>,
+    /// The last position broadcast.
+    head: AtomicU64,
+    registry: Arc<Registry>,
+}
+
+impl Hub {
+    /// Connects the LISTEN connection (its own, outside the pool), reads the current head and
+    /// starts following commits until `stop`.
+    pub async fn start(
+        pool: PgPool,
+        options: &PgConnectOptions,
+        registry: Arc<Registry>,
+        live_buffer_batches: usize,
+        stop: watch::Receiver<bool>,
+    ) -> Result<(Arc<Self>, JoinHandle<()>)> {
+        let listen_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_lazy_with(options.clone().application_name(APPLICATION_NAME));
+        let mut listener = PgListener::connect_with(&listen_pool).await?;
+        listener.listen(CHANNEL).await?;
+        let head: i64 = sqlx::query_scalar("SELECT position FROM log_head")
+            .fetch_one(&pool)
+            .await?;
+        let (batches, _) = broadcast::channel(live_buffer_batches.max(1));
+        let hub = Arc::new(Self {
+            batches,
+            head: AtomicU64::new(head as u64),
+            registry,
+        });
+        let task = tokio::spawn(hub.clone().follow(pool, listener, stop));
+        Ok((hub, task))
+    }
+
+    /// Receives every batch broadcast from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Batch> {
+        self.batches.subscribe()
+    }
+
+    /// The last position broadcast.
+    pub fn head(&self) -> u64 {
+        self.head.load(Ordering::Acquire)
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Every subscriber of this process with its lag.
+    pub fn subscribers(&self) -> Vec<SubscriberStats> {
+        self.registry.snapshot(self.head())
+    }
+
+    /// Live receivers of the broadcast (subscribers in live mode).
+    pub fn live_receivers(&self) -> usize {
+        self.batches.receiver_count()
+    }
+
+    async fn follow(
+        self: Arc<Self>,
+        pool: PgPool,
+        mut listener: PgListener,
+        stop: watch::Receiver<bool>,
+    ) {
+        let mut delay = RETRY_FIRST;
+        // Events may have committed between reading the head and listening.
+        let mut catch_up_to = Some(u64::MAX);
+        loop {
+            if let Some(target) = catch_up_to.take() {
+                if let Err(error) = self.read_new(&pool, target).await {
+                    warn!(%error, "hub cannot read new events; retrying");
+                    catch_up_to = Some(target);
+                    tokio::select! {
+                        () = stopped(stop.clone()) => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(RETRY_MAX);
+                    continue;
+                }
+                delay = RETRY_FIRST;
+            }
+            let received = tokio::select! {
+                () = stopped(stop.clone()) => break,
+                received = listener.try_recv() => received,
+            };
+            match received {
+                Ok(Some(notification)) => {
+                    let target = notification.payload().parse::<u64>().unwrap_or(u64::MAX);
+                    if target > self.head() {
+                        catch_up_to = Some(target);
+                    }
+                }
+                Ok(None) => {
+                    info!(
+                        "hub LISTEN connection was lost and is reconnected; reading what committed meanwhile"
+                    );
+                    catch_up_to = Some(u64::MAX);
+                }
+                Err(error) => {
+                    warn!(%error, retry_in_ms = delay.as_millis() as u64, "hub LISTEN connection failed");
+                    tokio::select! {
+                        () = stopped(stop.clone()) => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(RETRY_MAX);
+                    catch_up_to = Some(u64::MAX);
+                }
+            }
+        }
+        debug!("hub stopped");
+    }
+
+    /// Reads and broadcasts everything committed above the head, at least up to `target` (the
+    /// head a notification announced; `u64::MAX`: until nothing more is found).
+    async fn read_new(&self, pool: &PgPool, target: u64) -> Result<()> {
+        let mut cursor = ReadCursor::all(pool.clone(), self.head(), Direction::Forwards, 0);
+        while self.head() < target {
+            let page = cursor.next_page().await?;
+            let Some(last) = page.last().map(|event| event.position) else {
+                break;
+            };
+            // Publish then advance: a subscriber that reads the head after subscribing has
+            // either this batch in its receiver or its events in the database.
+            let _ = self.batches.send(page.into());
+            self.head.store(last, Ordering::Release);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,158 @@
+//! Subscriptions (ARCHITECTURE section 3): one hub per process turns commit notifications into
+//! batches of new events; each subscriber reads history from the database, then follows the hub.
+
+pub mod checkpoints;
+pub mod filter;
+pub mod hub;
+pub mod registry;
+pub mod subscriber;
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+use tokio::sync::{mpsc, watch};
+
+use crate::{
+    error::{Error, Result},
+    store::{model::RecordedEvent, validate},
+};
+pub use filter::Filter;
+use hub::Hub;
+use subscriber::{Follower, Target};
+
+/// Messages queued for one subscriber's client before the subscriber waits for it.
+const OUTBOX_CAPACITY: usize = 256;
+/// The default checkpoint interval, in scanned events.
+pub const DEFAULT_CHECKPOINT_INTERVAL: u64 = 1000;
+
+/// What a subscriber sends its client.
+#[derive(Debug, Clone)]
+pub enum SubscriptionMessage {
+    Event(RecordedEvent),
+    /// Everything up to this position has been sent or filtered out.
+    Checkpoint(u64),
+    /// Switched to live delivery.
+    CaughtUp(u64),
+    /// Moved back to history reads.
+    FellBehind(u64),
+}
+
+/// Where a subscription to the whole log starts.
+#[derive(Debug, Clone)]
+pub enum AllStart {
+    After(u64),
+    End,
+    Durable(String),
+}
+
+/// Where a subscription to one stream starts.
+#[derive(Debug, Clone, Copy)]
+pub enum StreamStart {
+    From(u64),
+    End,
+}
+
+/// The subscription service of the core. Cheap to clone.
+#[derive(Clone)]
+pub struct Subscriptions {
+    pool: PgPool,
+    hub: Arc<Hub>,
+    /// Becomes true when the server shuts down: every subscription then ends.
+    stop: watch::Receiver<bool>,
+}
+
+/// The receiving end of a subscription: dropping it ends the subscriber at once.
+pub type Subscription = mpsc::Receiver<Result<SubscriptionMessage>>;
+
+impl Subscriptions {
+    pub fn new(pool: PgPool, hub: Arc<Hub>, stop: watch::Receiver<bool>) -> Self {
+        Self { pool, hub, stop }
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    pub async fn subscribe_all(
+        &self,
+        start: AllStart,
+        filter: Filter,
+        checkpoint_interval: u64,
+    ) -> Result<Subscription> {
+        let (name, after) = match start {
+            AllStart::After(position) => (None, Some(position)),
+            AllStart::End => (None, None),
+            AllStart::Durable(name) => {
+                check_name("subscription", &name)?;
+                let position = checkpoints::open(&self.pool, &name).await?;
+                (Some(name), Some(position))
+            }
+        };
+        let interval = if checkpoint_interval == 0 {
+            DEFAULT_CHECKPOINT_INTERVAL
+        } else {
+            checkpoint_interval
+        };
+        let (follower, subscription) = self.follower(
+            Target::All {
+                filter,
+                checkpoint_interval: interval,
+            },
+            name,
+        );
+        tokio::spawn(follower.start_all(after));
+        Ok(subscription)
+    }
+
+    pub async fn subscribe_stream(
+        &self,
+        stream: String,
+        start: StreamStart,
+    ) -> Result<Subscription> {
+        check_name("stream", &stream)?;
+        let from = match start {
+            StreamStart::From(revision) => Some(revision),
+            StreamStart::End => None,
+        };
+        let (follower, subscription) = self.follower(Target::Stream { stream }, None);
+        tokio::spawn(follower.start_stream(from));
+        Ok(subscription)
+    }
+
+    fn follower(&self, target: Target, name: Option<String>) -> (Follower, Subscription) {
+        let (outbox, subscription) = mpsc::channel(OUTBOX_CAPACITY);
+        let follower = Follower::new(
+            self.pool.clone(),
+            self.hub.clone(),
+            target,
+            name,
+            outbox,
+            self.stop.clone(),
+        );
+        (follower, subscription)
+    }
+
+    pub async fn save_checkpoint(&self, name: String, position: u64) -> Result<u64> {
+        check_name("subscription", &name)?;
+        checkpoints::save(&self.pool, &name, position).await
+    }
+
+    pub async fn list(&self) -> Result<Vec<checkpoints::DurableSubscription>> {
+        checkpoints::list(&self.pool).await
+    }
+
+    pub async fn delete(&self, name: String) -> Result<()> {
+        check_name("subscription", &name)?;
+        checkpoints::delete(&self.pool, &name).await
+    }
+}
+
+fn check_name(field: &str, name: &str) -> Result<()> {
+    let mut violations = Vec::new();
+    validate::check_stream_name(field, name, &mut violations);
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(violations))
+    }
+}
