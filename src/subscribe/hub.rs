@@ -160,6 +160,19 @@ impl Hub {
     /// Reads and broadcasts everything committed above the head, at least up to `target` (the
     /// head a notification announced; `u64::MAX`: until nothing more is found).
     async fn read_new(&self, pool: &PgPool, target: u64) -> Result<()> {
+        if self.batches.receiver_count() == 0 {
+            // Nobody is live: only the head moves. A subscriber that joins later reads everything
+            // up to the database's head in its catch-up, after joining, so it misses nothing.
+            let head = if target == u64::MAX {
+                sqlx::query_scalar::<_, i64>("SELECT position FROM log_head")
+                    .fetch_one(pool)
+                    .await? as u64
+            } else {
+                target
+            };
+            self.head.fetch_max(head, Ordering::AcqRel);
+            return Ok(());
+        }
         let mut cursor = ReadCursor::all(pool.clone(), self.head(), Direction::Forwards, 0);
         while self.head() < target {
             let page = cursor.next_page().await?;
