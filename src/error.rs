@@ -45,6 +45,11 @@ pub enum Error {
     #[error("subscription {0:?} not found")]
     SubscriptionNotFound(String),
 
+    /// The request is valid but the system is not in a state to perform it (a projection's
+    /// handler failed, a rebuild is running elsewhere...).
+    #[error("{0}")]
+    FailedPrecondition(String),
+
     /// The database cannot be reached (or not yet, or the server is stopping): retrying is safe.
     #[error("{0}")]
     Unavailable(String),
@@ -143,6 +148,7 @@ impl From<Error> for Status {
                 Status::with_error_details(Code::AlreadyExists, message, details)
             }
             Error::StreamNotFound(_) | Error::SubscriptionNotFound(_) => Status::not_found(message),
+            Error::FailedPrecondition(_) => Status::failed_precondition(message),
             Error::Unavailable(_) => Status::unavailable(message),
             Error::Internal(_) | Error::Startup(_) => {
                 tracing::error!(error = %message, "internal error");

@@ -10,6 +10,8 @@ pub mod error;
 pub mod grpc;
 /// Code generated from `proto/`.
 pub mod pb;
+/// Server-side projections and rebuilds.
+pub mod projection;
 /// Server assembly, health, reflection and graceful shutdown.
 pub mod server;
 /// The shutdown signal shared by background tasks.

@@ -11,8 +11,16 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 use uuid::Uuid;
 
-use super::model::{AppendRequest, AppendResult, ExpectedRevision};
-use crate::error::{Error, Result};
+use std::time::SystemTime;
+
+use super::{
+    model::{AppendRequest, AppendResult, ExpectedRevision, RecordedEvent},
+    reader::micros_to_time,
+};
+use crate::{
+    error::{Error, Result},
+    projection::catalog::{self, Catalog},
+};
 
 /// The most requests written in one group.
 const MAX_GROUP_REQUESTS: usize = 512;
@@ -76,6 +84,8 @@ struct Pending {
 
 async fn run(pool: PgPool, mut queue: mpsc::Receiver<Command>) {
     let mut stop_ack = None;
+    // Loaded before the first group, reloaded whenever the append function says it is stale.
+    let mut catalog: Option<Catalog> = None;
     while stop_ack.is_none() {
         let Some(first) = queue.recv().await else {
             break;
@@ -100,7 +110,7 @@ async fn run(pool: PgPool, mut queue: mpsc::Receiver<Command>) {
             next = queue.try_recv().ok();
         }
         if !group.is_empty() {
-            write_group(&pool, group).await;
+            write_group(&pool, &mut catalog, group).await;
         }
     }
     if let Some(done) = stop_ack {
@@ -117,9 +127,38 @@ fn request_bytes(request: &AppendRequest) -> usize {
         .sum()
 }
 
-async fn write_group(pool: &PgPool, group: Vec<Pending>) {
-    let requests: Vec<&AppendRequest> = group.iter().map(|p| &p.request).collect();
-    match call_append(pool, &requests).await {
+/// How often a group is retried after the projection catalog changed under it.
+const CATALOG_RETRIES: usize = 5;
+
+async fn write_group(pool: &PgPool, catalog: &mut Option<Catalog>, group: Vec<Pending>) {
+    let mut attempt = 0;
+    let outcome = loop {
+        let current = match catalog {
+            Some(current) => current,
+            None => match Catalog::load(pool).await {
+                Ok(loaded) => catalog.insert(loaded),
+                Err(error) => break Err(error),
+            },
+        };
+        let requests: Vec<&AppendRequest> = group.iter().map(|p| &p.request).collect();
+        let written = if current.has_inline() {
+            write_with_projections(pool, current, &requests).await
+        } else {
+            call_append(pool, &requests, current.version)
+                .await
+                .map(|rows| rows.into_iter().map(|(result, _)| result).collect())
+        };
+        match written {
+            Err(error) if is_stale_catalog(&error) && attempt < CATALOG_RETRIES => {
+                debug!("projection catalog changed; reloading");
+                *catalog = None;
+                attempt += 1;
+            }
+            Err(error) => break Err(Error::from(error)),
+            Ok(results) => break Ok(results),
+        }
+    };
+    match outcome {
         Ok(results) => {
             for (pending, result) in group.into_iter().zip(results) {
                 let _ = pending.reply.send(result);
@@ -142,16 +181,106 @@ async fn write_group(pool: &PgPool, group: Vec<Pending>) {
         Err(error) => {
             warn!(%error, requests = group.len(), "group append failed, retrying one by one");
             for pending in group {
-                let result = match call_append(pool, &[&pending.request]).await {
-                    Ok(mut results) => results.pop().unwrap_or_else(|| {
-                        Err(Error::Internal("append returned no outcome".into()))
-                    }),
-                    Err(error) => Err(error),
-                };
+                let result = Box::pin(write_alone(pool, catalog, pending.request)).await;
                 let _ = pending.reply.send(result);
             }
         }
     }
+}
+
+async fn write_alone(
+    pool: &PgPool,
+    catalog: &mut Option<Catalog>,
+    request: AppendRequest,
+) -> Result<AppendResult> {
+    let (reply, answer) = oneshot::channel();
+    let pending = Pending { request, reply };
+    // A group of one reports its own error instead of splitting further.
+    Box::pin(write_group(pool, catalog, vec![pending])).await;
+    answer
+        .await
+        .unwrap_or_else(|_| Err(Error::Internal("append lost its answer".into())))
+}
+
+fn is_stale_catalog(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some(STALE_CATALOG))
+}
+
+/// SQLSTATE raised by `highwater_append` when the caller's projection catalog is stale.
+const STALE_CATALOG: &str = "HW001";
+
+/// With inline projections: one transaction for the group, a savepoint per request, so that a
+/// failing handler fails its own request only.
+async fn write_with_projections(
+    pool: &PgPool,
+    catalog: &Catalog,
+    requests: &[&AppendRequest],
+) -> Result<Vec<Result<AppendResult>>, sqlx::Error> {
+    let mut transaction = pool.begin().await?;
+    let mut results = Vec::with_capacity(requests.len());
+    for request in requests {
+        sqlx::query("SAVEPOINT highwater_request")
+            .execute(&mut *transaction)
+            .await?;
+        let mut rows = call_append(&mut *transaction, &[request], catalog.version).await?;
+        let (result, recorded_at) = rows
+            .pop()
+            .unwrap_or((Err(Error::Internal("no outcome".into())), None));
+        let outcome = match (&result, recorded_at) {
+            (Ok(appended), Some(recorded_at)) => {
+                let events = recorded_events(request, appended, recorded_at);
+                catalog::apply_inline(&mut transaction, catalog, &events)
+                    .await
+                    .map(|()| *appended)
+            }
+            _ => result,
+        };
+        match &outcome {
+            Err(Error::Unavailable(_)) | Err(Error::Internal(_)) => {
+                // Not a property of this request: let the group fail (and split) as a whole.
+                if let Err(error) = outcome {
+                    return Err(sqlx::Error::Protocol(error.to_string()));
+                }
+            }
+            Err(_) => {
+                sqlx::query("ROLLBACK TO SAVEPOINT highwater_request")
+                    .execute(&mut *transaction)
+                    .await?;
+            }
+            Ok(_) => {
+                sqlx::query("RELEASE SAVEPOINT highwater_request")
+                    .execute(&mut *transaction)
+                    .await?;
+            }
+        }
+        results.push(outcome);
+    }
+    transaction.commit().await?;
+    Ok(results)
+}
+
+/// The events of an append as stored, for the projections applied in its transaction.
+fn recorded_events(
+    request: &AppendRequest,
+    result: &AppendResult,
+    recorded_at: SystemTime,
+) -> Vec<RecordedEvent> {
+    request
+        .events
+        .iter()
+        .enumerate()
+        .map(|(i, event)| RecordedEvent {
+            id: event.id,
+            event_type: event.event_type.clone(),
+            stream: request.stream.clone(),
+            revision: result.first_revision + i as u64,
+            position: result.first_position + i as u64,
+            data: event.data.clone(),
+            content_type: event.content_type.clone(),
+            metadata: serde_json::from_str(&event.metadata_json).unwrap_or_default(),
+            recorded_at,
+        })
+        .collect()
 }
 
 /// The columns of one outcome row of `highwater_append`.
@@ -164,13 +293,16 @@ type OutcomeRow = (
     Option<i64>,
     Option<i64>,
     Option<Uuid>,
+    Option<i64>,
 );
 
-/// Calls `highwater_append` for a group; one outcome per request, in order.
-async fn call_append(
-    pool: &PgPool,
+/// Calls `highwater_append` for a group; one outcome per request, in order, with the commit
+/// time of newly written events.
+async fn call_append<'c>(
+    executor: impl sqlx::PgExecutor<'c>,
     requests: &[&AppendRequest],
-) -> Result<Vec<Result<AppendResult>>> {
+    expected_catalog: i64,
+) -> Result<Vec<(Result<AppendResult>, Option<SystemTime>)>, sqlx::Error> {
     let event_count: usize = requests.iter().map(|r| r.events.len()).sum();
     let mut streams = Vec::with_capacity(requests.len());
     let mut kinds = Vec::with_capacity(requests.len());
@@ -202,7 +334,7 @@ async fn call_append(
     }
 
     let rows: Vec<OutcomeRow> = sqlx::query_as(
-        "SELECT * FROM highwater_append($1, $2, $3, $4, $5, $6, $7, $8, $9::text[]::jsonb[])",
+        "SELECT * FROM highwater_append($1, $2, $3, $4, $5, $6, $7, $8, $9::text[]::jsonb[], $10)",
     )
     .bind(streams)
     .bind(kinds)
@@ -213,11 +345,12 @@ async fn call_append(
     .bind(data)
     .bind(content_types)
     .bind(metadata)
-    .fetch_all(pool)
+    .bind(expected_catalog)
+    .fetch_all(executor)
     .await?;
 
     if rows.len() != requests.len() {
-        return Err(Error::Internal(format!(
+        return Err(sqlx::Error::Protocol(format!(
             "append returned {} outcomes for {} requests",
             rows.len(),
             requests.len()
@@ -230,10 +363,23 @@ async fn call_append(
         .collect())
 }
 
-fn outcome(row: OutcomeRow, request: &AppendRequest) -> Result<AppendResult> {
-    let (_, kind, first_revision, last_revision, first_position, last_position, actual, conflict) =
-        row;
-    match kind {
+fn outcome(row: OutcomeRow, request: &AppendRequest) -> (Result<AppendResult>, Option<SystemTime>) {
+    let (
+        _,
+        kind,
+        first_revision,
+        last_revision,
+        first_position,
+        last_position,
+        actual,
+        conflict,
+        recorded_us,
+    ) = row;
+    // Only a fresh write (outcome 0) has events for projections to apply.
+    let recorded_at = (kind == 0)
+        .then(|| recorded_us.map(micros_to_time))
+        .flatten();
+    let result = match kind {
         0 | 1 => match (first_revision, last_revision, first_position, last_position) {
             (Some(fr), Some(lr), Some(fp), Some(lp)) => Ok(AppendResult {
                 first_revision: fr as u64,
@@ -252,7 +398,8 @@ fn outcome(row: OutcomeRow, request: &AppendRequest) -> Result<AppendResult> {
             id: conflict.map(|id| id.to_string()).unwrap_or_default(),
         }),
         other => Err(Error::Internal(format!("unknown append outcome {other}"))),
-    }
+    };
+    (result, recorded_at)
 }
 
 /// Revisions and positions are `bigint` in the database; anything above `i64::MAX` cannot match

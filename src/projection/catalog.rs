@@ -1,0 +1,149 @@
+//! The inline catalog: the active inline projection versions every append must apply, and the
+//! catalog version they were read at (checked by the append function under the log_head lock).
+
+use std::collections::BTreeMap;
+
+use sqlx::{PgConnection, PgPool};
+
+use super::{
+    apply::{self, Failures},
+    definition::{Definition, Handler, OnError},
+    keys,
+};
+use crate::{
+    error::{Error, Result},
+    store::model::RecordedEvent,
+};
+
+/// An inline projection version as appends apply it.
+#[derive(Debug, Clone)]
+pub struct InlineProjection {
+    pub name: String,
+    pub version: i32,
+    /// False while an in-place rebuild owns the version: appends record skips instead.
+    pub active: bool,
+    pub on_error: OnError,
+    pub handlers: BTreeMap<String, Handler>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    /// `log_head.catalog_version` when this catalog was read.
+    pub version: i64,
+    pub inline: Vec<InlineProjection>,
+}
+
+impl Catalog {
+    pub async fn load(pool: &PgPool) -> Result<Self> {
+        let version: i64 = sqlx::query_scalar("SELECT catalog_version FROM log_head")
+            .fetch_one(pool)
+            .await?;
+        let rows: Vec<(String, i32, String, serde_json::Value)> = sqlx::query_as(
+            "SELECT v.name, v.version, v.status, v.definition
+               FROM projections p
+               JOIN projection_versions v ON v.name = p.name AND v.version = p.active_version
+              WHERE p.mode = 'inline'
+              ORDER BY v.name",
+        )
+        .fetch_all(pool)
+        .await?;
+        let mut inline = Vec::with_capacity(rows.len());
+        for (name, version, status, definition) in rows {
+            let definition: Definition = serde_json::from_value(definition).map_err(|error| {
+                Error::Internal(format!("stored definition of {name}: {error}"))
+            })?;
+            inline.push(InlineProjection {
+                handlers: definition.handlers_for(version)?,
+                on_error: definition.on_error,
+                active: status == "active",
+                name,
+                version,
+            });
+        }
+        Ok(Self { version, inline })
+    }
+
+    pub fn has_inline(&self) -> bool {
+        !self.inline.is_empty()
+    }
+}
+
+/// Applies every inline projection to the events one append just wrote, in its transaction.
+/// Skips are recorded when a rebuild owns a version; a failing handler fails the append unless
+/// the projection says `on_error = "skip"`, which records a dead letter instead.
+pub async fn apply_inline(
+    connection: &mut PgConnection,
+    catalog: &Catalog,
+    events: &[RecordedEvent],
+) -> Result<()> {
+    for projection in &catalog.inline {
+        let matching: Vec<&RecordedEvent> = events
+            .iter()
+            .filter(|e| projection.handlers.contains_key(&e.event_type))
+            .collect();
+        let (Some(first), Some(last)) = (matching.first(), matching.last()) else {
+            continue;
+        };
+
+        let locked = projection.active
+            && sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_xact_lock_shared($1)")
+                .bind(keys::apply_key(&projection.name, projection.version))
+                .fetch_one(&mut *connection)
+                .await?;
+        if !locked {
+            let skips: Vec<(u64, String)> = matching
+                .iter()
+                .map(|e| (e.position, "rebuild in progress".to_string()))
+                .collect();
+            apply::record_messages(
+                connection,
+                &projection.name,
+                projection.version,
+                "skip",
+                &skips,
+            )
+            .await?;
+            continue;
+        }
+
+        // Exactly once: apply only above applied_position, and move it in this transaction.
+        let claimed = sqlx::query(
+            "UPDATE projection_versions SET applied_position = $3
+              WHERE name = $1 AND version = $2 AND applied_position < $4",
+        )
+        .bind(&projection.name)
+        .bind(projection.version)
+        .bind(last.position as i64)
+        .bind(first.position as i64)
+        .execute(&mut *connection)
+        .await?;
+        if claimed.rows_affected() == 0 {
+            continue;
+        }
+        let owned: Vec<RecordedEvent> = matching.into_iter().cloned().collect();
+        let mode = match projection.on_error {
+            OnError::Fail => Failures::Abort,
+            OnError::Skip => Failures::Collect,
+        };
+        match apply::apply_batch(connection, &projection.handlers, &owned, mode).await {
+            Ok(dead) => {
+                let dead: Vec<(u64, String)> =
+                    dead.into_iter().map(|f| (f.position, f.message)).collect();
+                apply::record_messages(
+                    connection,
+                    &projection.name,
+                    projection.version,
+                    "dead_letter",
+                    &dead,
+                )
+                .await?;
+            }
+            Err(failure) => {
+                return Err(Error::FailedPrecondition(
+                    failure.describe(&projection.name),
+                ));
+            }
+        }
+    }
+    Ok(())
+}

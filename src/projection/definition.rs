@@ -1,0 +1,330 @@
+//! Projection definitions: parsing (TOML files or the admin API), validation, and the translation
+//! of handler SQL with named parameters into positional SQL.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, FieldViolation, Result};
+
+/// The schema holding read-model tables and views.
+pub const SCHEMA: &str = "projections";
+const MAX_NAME_LEN: usize = 40;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Applied inside the append's transaction: the read model commits with the events.
+    Inline,
+    /// Applied by a worker following the log, in batches.
+    Async,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Inline => "inline",
+            Self::Async => "async",
+        }
+    }
+}
+
+/// What happens when a handler fails on an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// Inline: the append fails. Async: the projection stops as `failed`.
+    #[default]
+    Fail,
+    /// The event is recorded as a dead letter and processing goes on.
+    Skip,
+}
+
+/// A projection definition as written by its author.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Definition {
+    pub name: String,
+    #[serde(default = "first_version")]
+    pub version: i32,
+    pub mode: Mode,
+    #[serde(default)]
+    pub on_error: OnError,
+    /// SQL creating the version's table; `{{table}}` stands for it.
+    pub setup: String,
+    /// One SQL statement per event type.
+    pub handlers: BTreeMap<String, String>,
+    /// Where the definition came from (a file path, or `api`), for error messages.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub source: String,
+}
+
+fn first_version() -> i32 {
+    1
+}
+
+/// The parameters a handler may use, and how each is bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Param {
+    Stream,
+    Data,
+    Metadata,
+    Position,
+    Revision,
+    Type,
+    RecordedAt,
+    Id,
+}
+
+impl Param {
+    fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "stream" => Self::Stream,
+            "data" => Self::Data,
+            "metadata" => Self::Metadata,
+            "position" => Self::Position,
+            "revision" => Self::Revision,
+            "type" => Self::Type,
+            "recorded_at" => Self::RecordedAt,
+            "id" => Self::Id,
+            _ => return None,
+        })
+    }
+
+    /// The SQL expression for positional parameter `n`, typed so PostgreSQL needs no inference.
+    fn expression(self, n: usize) -> String {
+        match self {
+            Self::Stream | Self::Type => format!("(${n}::text)"),
+            Self::Data => format!("(convert_from(${n}::bytea, 'UTF8')::jsonb)"),
+            Self::Metadata => format!("(${n}::text::jsonb)"),
+            Self::Position | Self::Revision => format!("(${n}::bigint)"),
+            Self::RecordedAt => format!("(to_timestamp(${n}::bigint / 1000000.0))"),
+            Self::Id => format!("(${n}::uuid)"),
+        }
+    }
+}
+
+/// A handler ready to run: positional SQL and the parameters to bind, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handler {
+    pub sql: String,
+    pub params: Vec<Param>,
+}
+
+impl Definition {
+    /// Parses a TOML definition; `source` names it in errors.
+    pub fn from_toml(text: &str, source: &str) -> Result<Self> {
+        let mut definition: Definition = toml::from_str(text)
+            .map_err(|error| Error::invalid("definition", format!("{source}: {error}")))?;
+        definition.source = source.to_string();
+        definition.validate()?;
+        Ok(definition)
+    }
+
+    /// Checks names and handlers; errors name the source and the handler.
+    pub fn validate(&self) -> Result<()> {
+        let mut violations = Vec::new();
+        let source = if self.source.is_empty() {
+            "definition"
+        } else {
+            self.source.as_str()
+        };
+        if !is_identifier(&self.name) {
+            violations.push(FieldViolation::new(
+                "name",
+                format!(
+                    "{source}: {:?} must be 1 to {MAX_NAME_LEN} lowercase letters, digits or _ and start with a letter",
+                    self.name
+                ),
+            ));
+        }
+        if self.version < 1 {
+            violations.push(FieldViolation::new(
+                "version",
+                format!("{source}: must be at least 1"),
+            ));
+        }
+        if !self.setup.contains("{{table}}") {
+            violations.push(FieldViolation::new(
+                "setup",
+                format!("{source}: must create {{{{table}}}}"),
+            ));
+        }
+        if self.handlers.is_empty() {
+            violations.push(FieldViolation::new(
+                "handlers",
+                format!("{source}: at least one handler is required"),
+            ));
+        }
+        for (event_type, sql) in &self.handlers {
+            if let Err(problem) = translate(sql, "t") {
+                violations.push(FieldViolation::new(
+                    format!("handlers.{event_type}"),
+                    format!("{source}: handler {event_type}: {problem}"),
+                ));
+            }
+        }
+        if violations.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument(violations))
+        }
+    }
+
+    /// The table of `version`: `projections.<name>_v<version>`.
+    pub fn table(&self, version: i32) -> String {
+        format!("{SCHEMA}.{}_v{version}", self.name)
+    }
+
+    /// The view with the plain name, on the active version.
+    pub fn view(&self) -> String {
+        format!("{SCHEMA}.{}", self.name)
+    }
+
+    pub fn setup_sql(&self, version: i32) -> String {
+        self.setup.replace("{{table}}", &self.table(version))
+    }
+
+    /// Every handler of `version`, translated.
+    pub fn handlers_for(&self, version: i32) -> Result<BTreeMap<String, Handler>> {
+        let table = self.table(version);
+        self.handlers
+            .iter()
+            .map(|(event_type, sql)| {
+                translate(sql, &table)
+                    .map(|handler| (event_type.clone(), handler))
+                    .map_err(|problem| Error::invalid(format!("handlers.{event_type}"), problem))
+            })
+            .collect()
+    }
+}
+
+/// Lowercase identifiers only: they become table and view names.
+pub fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
+        && name.len() <= MAX_NAME_LEN
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// Replaces `{{table}}` and the named parameters (`$stream`, `$data`...) with positional ones.
+pub fn translate(sql: &str, table: &str) -> std::result::Result<Handler, String> {
+    let sql = sql.replace("{{table}}", table);
+    let mut out = String::with_capacity(sql.len() + 32);
+    let mut params: Vec<Param> = Vec::new();
+    let mut rest = sql.as_str();
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let name_len = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
+        let name = &after[..name_len];
+        if name.starts_with(|c: char| c.is_ascii_digit()) {
+            return Err(format!(
+                "positional parameter ${name}: use the named parameters ($stream, $data, ...)"
+            ));
+        }
+        match Param::from_name(name) {
+            Some(param) => {
+                let index = match params.iter().position(|p| *p == param) {
+                    Some(index) => index,
+                    None => {
+                        params.push(param);
+                        params.len() - 1
+                    }
+                };
+                out.push_str(&param.expression(index + 1));
+            }
+            None if name.is_empty() => out.push('$'),
+            None => {
+                return Err(format!(
+                    "unknown parameter ${name}; known: $stream, $data, $metadata, $position, $revision, $type, $recorded_at, $id"
+                ));
+            }
+        }
+        rest = &after[name_len..];
+    }
+    out.push_str(rest);
+    if sql.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(Handler { sql: out, params })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_parameters_become_typed_positional_ones() {
+        let handler = translate(
+            "INSERT INTO {{table}} (id, n) VALUES ($stream, ($data->>'n')::int) ON CONFLICT (id) DO UPDATE SET n = {{table}}.n + ($data->>'n')::int, at = $recorded_at",
+            "projections.x_v1",
+        )
+        .unwrap();
+        assert_eq!(
+            handler.params,
+            [Param::Stream, Param::Data, Param::RecordedAt]
+        );
+        assert!(handler.sql.starts_with("INSERT INTO projections.x_v1 (id, n) VALUES (($1::text), ((convert_from($2::bytea, 'UTF8')::jsonb)->>'n')::int)"));
+        assert!(
+            handler
+                .sql
+                .contains("SET n = projections.x_v1.n + ((convert_from($2::bytea")
+        );
+        assert!(
+            handler
+                .sql
+                .ends_with("at = (to_timestamp($3::bigint / 1000000.0))")
+        );
+    }
+
+    #[test]
+    fn unknown_and_positional_parameters_are_rejected() {
+        assert!(
+            translate("SELECT $streem", "t")
+                .unwrap_err()
+                .contains("unknown parameter $streem")
+        );
+        assert!(
+            translate("SELECT $1", "t")
+                .unwrap_err()
+                .contains("positional")
+        );
+    }
+
+    #[test]
+    fn toml_definitions_parse_and_validate() {
+        let text = r#"
+            name = "cart_summary"
+            mode = "inline"
+            setup = "CREATE TABLE {{table}} (cart text PRIMARY KEY)"
+            [handlers]
+            ProductAdded = "INSERT INTO {{table}} VALUES ($stream) ON CONFLICT DO NOTHING"
+        "#;
+        let definition = Definition::from_toml(text, "cart.toml").unwrap();
+        assert_eq!(
+            (definition.version, definition.on_error),
+            (1, OnError::Fail)
+        );
+        assert_eq!(definition.table(2), "projections.cart_summary_v2");
+
+        let bad = text.replace("cart_summary", "Cart-Summary");
+        let error = Definition::from_toml(&bad, "cart.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("cart.toml") && error.contains("name"),
+            "{error}"
+        );
+        let bad = text.replace("($stream)", "($nope)");
+        let error = Definition::from_toml(&bad, "cart.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("handler ProductAdded") && error.contains("$nope"),
+            "{error}"
+        );
+    }
+}
