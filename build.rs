@@ -14,7 +14,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     unsafe { env::set_var("PROTOC", protoc) };
 
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    let protos = [PathBuf::from("proto/highwater/v1/event_store.proto")];
+    let protos = [
+        PathBuf::from("proto/highwater/v1/event_store.proto"),
+        PathBuf::from("proto/highwater/v1/admin.proto"),
+    ];
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("highwater_descriptor.bin"))
         .bytes(".highwater.v1")

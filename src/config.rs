@@ -54,6 +54,34 @@ pub struct ServeConfig {
     #[arg(long, env = "HIGHWATER_LIVE_BUFFER_BATCHES", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub live_buffer_batches: u32,
 
+    /// Folder of projection definitions (`*.toml`), registered at start.
+    #[arg(long, env = "HIGHWATER_PROJECTIONS")]
+    pub projections: Option<PathBuf>,
+
+    /// This server's name in rebuild ownership and errors. Default: host name and process id.
+    #[arg(long, env = "HIGHWATER_NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// Events per batch (and per transaction) in rebuilds and async projections.
+    #[arg(long, env = "HIGHWATER_PROJECTION_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..))]
+    pub projection_batch_size: i64,
+
+    /// Milliseconds without a heartbeat after which another server takes a rebuild over.
+    #[arg(
+        long,
+        env = "HIGHWATER_REBUILD_HEARTBEAT_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    pub rebuild_heartbeat_timeout_ms: u64,
+
+    /// Milliseconds between looks for async projections to run and rebuilds to take over.
+    #[arg(long, env = "HIGHWATER_PROJECTION_SUPERVISE_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub projection_supervise_ms: u64,
+
+    /// Milliseconds to pause between rebuild batches, leaving room for other work (0: none).
+    #[arg(long, env = "HIGHWATER_REBUILD_BATCH_PAUSE_MS", default_value_t = 0)]
+    pub rebuild_batch_pause_ms: u64,
+
     /// Seconds to let in-flight requests finish after SIGINT/SIGTERM before cutting them off.
     #[arg(long, env = "HIGHWATER_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
@@ -63,6 +91,28 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
+    pub fn projection_settings(&self) -> crate::projection::Settings {
+        crate::projection::Settings {
+            batch_size: self.projection_batch_size,
+            heartbeat_timeout: std::time::Duration::from_millis(self.rebuild_heartbeat_timeout_ms),
+            supervise_interval: std::time::Duration::from_millis(self.projection_supervise_ms),
+            batch_pause: (self.rebuild_batch_pause_ms > 0)
+                .then(|| std::time::Duration::from_millis(self.rebuild_batch_pause_ms)),
+        }
+    }
+
+    /// The node name: the flag, or host name and process id.
+    pub fn node(&self) -> String {
+        self.node_name.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_string())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "localhost".into());
+            format!("{host}:{}", std::process::id())
+        })
+    }
+
     pub fn limits(&self) -> Limits {
         Limits {
             max_event_bytes: self.max_event_bytes,

@@ -45,6 +45,9 @@ pub enum Error {
     #[error("subscription {0:?} not found")]
     SubscriptionNotFound(String),
 
+    #[error("projection {0:?} not found")]
+    ProjectionNotFound(String),
+
     /// The request is valid but the system is not in a state to perform it (a projection's
     /// handler failed, a rebuild is running elsewhere...).
     #[error("{0}")]
@@ -147,7 +150,9 @@ impl From<Error> for Status {
                     ErrorDetails::with_error_info("DUPLICATE_EVENT_ID", ERROR_DOMAIN, metadata);
                 Status::with_error_details(Code::AlreadyExists, message, details)
             }
-            Error::StreamNotFound(_) | Error::SubscriptionNotFound(_) => Status::not_found(message),
+            Error::StreamNotFound(_)
+            | Error::SubscriptionNotFound(_)
+            | Error::ProjectionNotFound(_) => Status::not_found(message),
             Error::FailedPrecondition(_) => Status::failed_precondition(message),
             Error::Unavailable(_) => Status::unavailable(message),
             Error::Internal(_) | Error::Startup(_) => {

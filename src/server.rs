@@ -14,8 +14,9 @@ use crate::{
     config::{DatabaseConfig, ServeConfig},
     embedded_pg::EmbeddedPostgres,
     error::{Error, Result},
-    grpc::{Core, ReadyCore, event_store::EventStoreService},
-    pb::{self, event_store_server::EventStoreServer},
+    grpc::{Core, ReadyCore, admin::AdminService, event_store::EventStoreService},
+    pb::{self, admin_server::AdminServer, event_store_server::EventStoreServer},
+    projection::Projections,
     shutdown::stopped,
     store::{Store, database},
     subscribe::{Subscriptions, hub::Hub, registry::Registry},
@@ -146,6 +147,7 @@ impl Application {
         let ready_core = ReadyCore::default();
         // Room for a maximal append plus protobuf framing; larger messages never reach validation.
         let max_message = config.max_append_bytes.saturating_add(1024 * 1024);
+        let admin = AdminServer::new(AdminService::new(ready_core.clone()));
         let event_store = EventStoreServer::new(EventStoreService::new(ready_core.clone()))
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(
@@ -161,6 +163,7 @@ impl Application {
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
                 .add_service(event_store)
+                .add_service(admin)
                 .serve_with_incoming_shutdown(
                     TcpListenerStream::new(listener),
                     stopped(stop.clone()),
@@ -174,12 +177,18 @@ impl Application {
         };
         let running = match prepared {
             Some(Ok((pool, hub, hub_task))) => {
-                let (store, writer) = Store::start(pool.clone(), config.limits());
-                let subscriptions = Subscriptions::new(pool.clone(), hub, stop.clone());
-                ready_core.set(Core {
-                    store: store.clone(),
-                    subscriptions,
-                });
+                let (core, writer) =
+                    match start_core(&pool, hub, &database.options, &config, &stop).await {
+                        Ok(started) => started,
+                        Err(error) => {
+                            error!(%error, "cannot start");
+                            server.abort();
+                            database.close().await?;
+                            return Err(error);
+                        }
+                    };
+                let store = core.store.clone();
+                ready_core.set(core);
                 set_health(&health, ServingStatus::Serving).await;
                 tokio::spawn(watch_database(pool.clone(), health.clone(), stop.clone()));
                 info!("ready");
@@ -233,6 +242,42 @@ impl Application {
         info!("stopped");
         Ok(())
     }
+}
+
+/// Starts the core services over a ready database: the writer, subscriptions, projections
+/// (registering the definitions folder) and their supervisor.
+async fn start_core(
+    pool: &PgPool,
+    hub: Arc<Hub>,
+    options: &PgConnectOptions,
+    config: &ServeConfig,
+    stop: &watch::Receiver<bool>,
+) -> Result<(Core, JoinHandle<()>)> {
+    let (store, writer) = Store::start(pool.clone(), config.limits());
+    let subscriptions = Subscriptions::new(pool.clone(), hub.clone(), stop.clone());
+    let projections = Arc::new(Projections::new(
+        pool.clone(),
+        options.clone(),
+        config.node(),
+        config.projection_settings(),
+        hub,
+    ));
+    if let Some(dir) = &config.projections
+        && let Err(error) = projections.register_dir(dir).await
+    {
+        store.stop().await;
+        let _ = writer.await;
+        return Err(error);
+    }
+    tokio::spawn(projections.clone().supervise(stop.clone()));
+    Ok((
+        Core {
+            store,
+            subscriptions,
+            projections,
+        },
+        writer,
+    ))
 }
 
 /// Connects, migrates and starts the subscription hub, retrying while the database is

@@ -1,17 +1,19 @@
 //! Thin gRPC adapters: protobuf in, core call, protobuf out; errors mapped by `crate::error`.
 
+pub mod admin;
 pub mod convert;
 pub mod event_store;
 
 use std::sync::{Arc, OnceLock};
 
-use crate::{error::Error, store::Store, subscribe::Subscriptions};
+use crate::{error::Error, projection::Projections, store::Store, subscribe::Subscriptions};
 
 /// The core services the adapters call.
 #[derive(Clone)]
 pub struct Core {
     pub store: Store,
     pub subscriptions: Subscriptions,
+    pub projections: Arc<Projections>,
 }
 
 /// The core, once the database is ready. Requests arriving before then are answered

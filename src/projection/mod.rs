@@ -5,3 +5,452 @@ pub mod apply;
 pub mod catalog;
 pub mod definition;
 pub mod keys;
+pub mod rebuild;
+pub mod versions;
+pub mod worker;
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row, postgres::PgConnectOptions};
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::{
+    error::{Error, Result},
+    store::reader::micros_to_time,
+    subscribe::hub::Hub,
+};
+use apply::Failures;
+use definition::Definition;
+use rebuild::{Progress, Strategy};
+use versions::VersionRow;
+
+/// Tunables of rebuilds and async projections, set by flags.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Events read per batch (and per transaction) by rebuilds and async workers.
+    pub batch_size: i64,
+    /// A rebuild whose heartbeat is older than this, and whose lock is free, is taken over.
+    pub heartbeat_timeout: Duration,
+    /// How often each process looks for async projections to run and rebuilds to take over.
+    pub supervise_interval: Duration,
+    /// A pause between rebuild batches (to leave room for other work), none by default.
+    pub batch_pause: Option<Duration>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            batch_size: 1000,
+            heartbeat_timeout: Duration::from_secs(30),
+            supervise_interval: Duration::from_secs(5),
+            batch_pause: None,
+        }
+    }
+}
+
+/// The projection service of the core.
+pub struct Projections {
+    pool: PgPool,
+    /// For dedicated connections (rebuild and leadership locks live and die with them).
+    options: PgConnectOptions,
+    /// This process, as named in rebuild ownership and errors.
+    pub node: String,
+    settings: Settings,
+    hub: Arc<Hub>,
+    /// Progress of the rebuilds this process runs, by projection.
+    rebuilds: Mutex<HashMap<String, watch::Receiver<Progress>>>,
+}
+
+/// A projection as an operator sees it.
+#[derive(Debug, Clone)]
+pub struct ProjectionInfo {
+    pub name: String,
+    pub mode: String,
+    pub active_version: Option<i32>,
+    pub versions: Vec<VersionRow>,
+    pub head: u64,
+    /// Events committed after the active version's applied position.
+    pub lag_events: u64,
+    /// Age of the oldest event the active version has not applied.
+    pub lag_seconds: f64,
+    pub pending_skips: u64,
+    pub archived_skips: u64,
+    pub dead_letters: u64,
+    /// Progress of a rebuild running in this process.
+    pub progress: Option<Progress>,
+}
+
+/// A skip or a dead letter.
+#[derive(Debug, Clone)]
+pub struct SystemMessage {
+    pub id: i64,
+    pub projection: String,
+    pub version: i32,
+    pub position: u64,
+    pub kind: String,
+    pub reason: String,
+    pub recorded_at: std::time::SystemTime,
+    pub archived_at: Option<std::time::SystemTime>,
+}
+
+impl Projections {
+    pub fn new(
+        pool: PgPool,
+        options: PgConnectOptions,
+        node: String,
+        settings: Settings,
+        hub: Arc<Hub>,
+    ) -> Self {
+        Self {
+            pool,
+            options,
+            node,
+            settings,
+            hub,
+            rebuilds: Mutex::default(),
+        }
+    }
+
+    /// A connection of its own, named `<application>:<node>` in `pg_stat_activity`.
+    async fn dedicated_connection(&self, application: &str) -> Result<PgConnection> {
+        let mut name = format!("{application}:{}", self.node);
+        // PostgreSQL keeps 63 bytes of an application name.
+        while name.len() > 63 {
+            name.pop();
+        }
+        Ok(self
+            .options
+            .clone()
+            .application_name(&name)
+            .connect()
+            .await?)
+    }
+
+    /// Registers every `*.toml` definition in `dir`, in name order.
+    pub async fn register_dir(self: &Arc<Self>, dir: &Path) -> Result<()> {
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .map_err(|error| {
+                Error::Startup(format!(
+                    "cannot read projections folder {}: {error}",
+                    dir.display()
+                ))
+            })?
+            .flatten()
+            .map(|entry| entry.path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+            .collect();
+        files.sort();
+        for path in files {
+            let text = std::fs::read_to_string(&path).map_err(|error| {
+                Error::Startup(format!("cannot read {}: {error}", path.display()))
+            })?;
+            let definition = Definition::from_toml(&text, &path.display().to_string())?;
+            self.register(definition).await?;
+        }
+        Ok(())
+    }
+
+    /// Registers a definition:
+    /// - a new projection or a higher version: its table is created (setup), its handlers are
+    ///   checked against it, and it is built in the background, then made active;
+    /// - the same version with the same setup: handlers and on_error are updated in place (to
+    ///   fix a failing handler, then retry its dead letters);
+    /// - the same version with another setup, or an older version: refused.
+    pub async fn register(self: &Arc<Self>, definition: Definition) -> Result<ProjectionInfo> {
+        definition.validate()?;
+        let mut connection = self.pool.acquire().await?;
+        let mut transaction = connection.begin().await?;
+        // Serialises registrations and rebuild cut-overs of this projection.
+        sqlx::query(
+            "INSERT INTO projections (name, mode) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&definition.name)
+        .bind(definition.mode.as_str())
+        .execute(&mut *transaction)
+        .await?;
+        sqlx::query("SELECT 1 FROM projections WHERE name = $1 FOR UPDATE")
+            .bind(&definition.name)
+            .execute(&mut *transaction)
+            .await?;
+        let existing = versions::versions(&mut transaction, &definition.name).await?;
+        let newest = existing.first().map_or(0, |v| v.version);
+        let stored =
+            serde_json::to_value(&definition).map_err(|e| Error::Internal(e.to_string()))?;
+        let mut build = false;
+        match existing.iter().find(|v| v.version == definition.version) {
+            Some(same) if same_definition(&same.definition, &definition) => {}
+            Some(same)
+                if same.definition.setup == definition.setup
+                    && same.definition.mode == definition.mode =>
+            {
+                check_handlers(&mut transaction, &definition, definition.version).await?;
+                sqlx::query(
+                    "UPDATE projection_versions
+                        SET definition = $3, updated_at = now(),
+                            status = CASE WHEN status = 'failed' AND last_error IS NOT NULL
+                                           AND EXISTS (SELECT 1 FROM projections p WHERE p.name = $1 AND p.active_version = $2)
+                                          THEN 'active' ELSE status END
+                      WHERE name = $1 AND version = $2",
+                )
+                .bind(&definition.name)
+                .bind(definition.version)
+                .bind(&stored)
+                .execute(&mut *transaction)
+                .await?;
+                versions::bump_catalog(&mut transaction).await?;
+                info!(projection = %definition.name, version = definition.version, "projection handlers updated");
+            }
+            Some(_) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "{}: version {} of {} exists with another setup or mode; register version {}",
+                    source(&definition),
+                    definition.version,
+                    definition.name,
+                    newest + 1
+                )));
+            }
+            None if definition.version < newest => {
+                return Err(Error::FailedPrecondition(format!(
+                    "{}: version {} of {} is older than its version {newest}",
+                    source(&definition),
+                    definition.version,
+                    definition.name
+                )));
+            }
+            None => {
+                sqlx::query(sqlx::AssertSqlSafe(
+                    definition.setup_sql(definition.version),
+                ))
+                .execute(&mut *transaction)
+                .await
+                .map_err(|error| rebuild::setup_error(&definition, &error))?;
+                check_handlers(&mut transaction, &definition, definition.version).await?;
+                sqlx::query(
+                    "INSERT INTO projection_versions (name, version, definition, status) VALUES ($1, $2, $3, 'building')",
+                )
+                .bind(&definition.name)
+                .bind(definition.version)
+                .bind(&stored)
+                .execute(&mut *transaction)
+                .await?;
+                build = true;
+                info!(projection = %definition.name, version = definition.version, "projection registered");
+            }
+        }
+        transaction.commit().await?;
+        drop(connection);
+        if build {
+            match self.rebuild(&definition.name, Strategy::BlueGreen).await {
+                Ok(_) | Err(Error::FailedPrecondition(_)) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        self.get(&definition.name).await
+    }
+
+    pub async fn list(&self) -> Result<Vec<ProjectionInfo>> {
+        let names: Vec<String> = sqlx::query_scalar("SELECT name FROM projections ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut all = Vec::with_capacity(names.len());
+        for name in names {
+            all.push(self.get(&name).await?);
+        }
+        Ok(all)
+    }
+
+    pub async fn get(&self, name: &str) -> Result<ProjectionInfo> {
+        let mut connection = self.pool.acquire().await?;
+        let Some((active_version, mode)) = versions::projection(&mut connection, name).await?
+        else {
+            return Err(Error::ProjectionNotFound(name.to_string()));
+        };
+        let all = versions::versions(&mut connection, name).await?;
+        let head = versions::head(&mut connection).await?;
+        let applied = all
+            .iter()
+            .find(|v| Some(v.version) == active_version)
+            .map_or(0, |v| v.applied_position);
+        // Async and rebuilding versions lag; an inline version is as fresh as the last event it
+        // handles, so its lag counts only the events it has a handler for.
+        let counts = sqlx::query(
+            "SELECT
+                 count(*) FILTER (WHERE kind = 'skip' AND archived_at IS NULL) AS pending_skips,
+                 count(*) FILTER (WHERE kind = 'skip' AND archived_at IS NOT NULL) AS archived_skips,
+                 count(*) FILTER (WHERE kind = 'dead_letter' AND archived_at IS NULL) AS dead_letters
+               FROM system_messages WHERE projection = $1",
+        )
+        .bind(name)
+        .fetch_one(&mut *connection)
+        .await?;
+        let types: Vec<String> = all
+            .iter()
+            .find(|v| Some(v.version) == active_version)
+            .map(|v| v.definition.handlers.keys().cloned().collect())
+            .unwrap_or_default();
+        let oldest_unapplied: Option<(i64, f64)> = sqlx::query_as(
+            "SELECT count(*) OVER ()::bigint, extract(epoch FROM now() - min(recorded_at) OVER ())::float8
+               FROM events WHERE position > $1 AND type = ANY($2) LIMIT 1",
+        )
+        .bind(applied as i64)
+        .bind(&types)
+        .fetch_optional(&mut *connection)
+        .await?;
+        let (lag_events, lag_seconds) = match (active_version, oldest_unapplied) {
+            (None, _) => (head, 0.0),
+            (Some(_), Some((count, age))) => (count as u64, age.max(0.0)),
+            (Some(_), None) => (0, 0.0),
+        };
+        Ok(ProjectionInfo {
+            name: name.to_string(),
+            mode,
+            active_version,
+            versions: all,
+            head,
+            lag_events,
+            lag_seconds,
+            pending_skips: counts.try_get::<i64, _>("pending_skips")? as u64,
+            archived_skips: counts.try_get::<i64, _>("archived_skips")? as u64,
+            dead_letters: counts.try_get::<i64, _>("dead_letters")? as u64,
+            progress: self.local_progress(name),
+        })
+    }
+
+    /// Skips and dead letters, newest first.
+    pub async fn system_messages(
+        &self,
+        projection: Option<&str>,
+        kind: Option<&str>,
+        include_archived: bool,
+        limit: i64,
+    ) -> Result<Vec<SystemMessage>> {
+        let rows: Vec<SystemMessageRow> = sqlx::query_as(
+            "SELECT id, projection, version, position, kind, reason,
+                    (extract(epoch FROM recorded_at) * 1000000)::bigint,
+                    (extract(epoch FROM archived_at) * 1000000)::bigint
+               FROM system_messages
+              WHERE ($1::text IS NULL OR projection = $1) AND ($2::text IS NULL OR kind = $2)
+                AND ($3 OR archived_at IS NULL)
+              ORDER BY id DESC LIMIT $4",
+        )
+        .bind(projection)
+        .bind(kind)
+        .bind(include_archived)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(id, projection, version, position, kind, reason, recorded, archived)| {
+                    SystemMessage {
+                        id,
+                        projection,
+                        version,
+                        position: position as u64,
+                        kind,
+                        reason,
+                        recorded_at: micros_to_time(recorded),
+                        archived_at: archived.map(micros_to_time),
+                    }
+                },
+            )
+            .collect())
+    }
+
+    /// Applies the projection's pending dead letters to its active version with the current
+    /// handlers: those that now succeed are archived, the others keep their (new) error.
+    pub async fn retry_dead_letters(&self, name: &str) -> Result<(u64, u64)> {
+        let mut connection = self.pool.acquire().await?;
+        let Some((Some(active), _)) = versions::projection(&mut connection, name).await? else {
+            return Err(Error::ProjectionNotFound(name.to_string()));
+        };
+        let mut transaction = connection.begin().await?;
+        let row = versions::lock_version(&mut transaction, name, active).await?;
+        let letters: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT id, position FROM system_messages
+              WHERE projection = $1 AND version = $2 AND kind = 'dead_letter' AND archived_at IS NULL
+              ORDER BY position FOR UPDATE",
+        )
+        .bind(name)
+        .bind(active)
+        .fetch_all(&mut *transaction)
+        .await?;
+        let positions: Vec<i64> = letters.iter().map(|(_, p)| *p).collect();
+        let events = versions::events_at(&mut transaction, &positions).await?;
+        let handlers = row.definition.handlers_for(active)?;
+        let failed = apply::apply_batch(&mut transaction, &handlers, &events, Failures::Collect)
+            .await
+            .map_err(|f| Error::Internal(f.describe(name)))?;
+        let mut still_failing = 0;
+        for (id, position) in &letters {
+            match failed.iter().find(|f| f.position as i64 == *position) {
+                Some(failure) => {
+                    still_failing += 1;
+                    sqlx::query("UPDATE system_messages SET reason = $2 WHERE id = $1")
+                        .bind(id)
+                        .bind(&failure.message)
+                        .execute(&mut *transaction)
+                        .await?;
+                }
+                None => {
+                    sqlx::query(
+                        "UPDATE system_messages SET archived_at = clock_timestamp() WHERE id = $1",
+                    )
+                    .bind(id)
+                    .execute(&mut *transaction)
+                    .await?;
+                }
+            }
+        }
+        transaction.commit().await?;
+        Ok((letters.len() as u64 - still_failing, still_failing))
+    }
+}
+
+/// id, projection, version, position, kind, reason, recorded (µs), archived (µs).
+type SystemMessageRow = (i64, String, i32, i64, String, String, i64, Option<i64>);
+
+fn source(definition: &Definition) -> &str {
+    if definition.source.is_empty() {
+        "definition"
+    } else {
+        &definition.source
+    }
+}
+
+fn same_definition(a: &Definition, b: &Definition) -> bool {
+    a.mode == b.mode && a.on_error == b.on_error && a.setup == b.setup && a.handlers == b.handlers
+}
+
+/// Prepares every handler against the version's table: errors name the source, the handler and
+/// PostgreSQL's message.
+async fn check_handlers(
+    connection: &mut PgConnection,
+    definition: &Definition,
+    version: i32,
+) -> Result<()> {
+    use sqlx::{Executor, SqlSafeStr};
+    for (event_type, handler) in definition.handlers_for(version)? {
+        connection
+            .prepare(sqlx::AssertSqlSafe(handler.sql).into_sql_str())
+            .await
+            .map_err(|error| {
+                Error::invalid(
+                    format!("handlers.{event_type}"),
+                    format!(
+                        "{}: handler {event_type}: {}",
+                        source(definition),
+                        apply::database_message(&error)
+                    ),
+                )
+            })?;
+    }
+    Ok(())
+}

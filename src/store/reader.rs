@@ -20,7 +20,7 @@ pub const PAGE_ROWS: i64 = 1000;
 /// Event data bytes fetched per page at most (a page always holds at least one event).
 pub const PAGE_BYTES: i64 = 4 * 1024 * 1024;
 
-const COLUMNS: &str = "e.position, e.stream, e.revision, e.id, e.type, e.data, e.content_type, \
+pub const COLUMNS: &str = "e.position, e.stream, e.revision, e.id, e.type, e.data, e.content_type, \
                        e.metadata::text AS metadata, \
                        (extract(epoch FROM e.recorded_at) * 1000000)::bigint AS recorded_us";
 
@@ -159,7 +159,7 @@ pub async fn stream_exists(pool: &PgPool, stream: &str) -> Result<bool> {
     Ok(found.is_some())
 }
 
-fn decode(row: &PgRow) -> Result<RecordedEvent> {
+pub fn decode(row: &PgRow) -> Result<RecordedEvent> {
     let metadata: String = row.try_get("metadata")?;
     let metadata: HashMap<String, String> = serde_json::from_str(&metadata).map_err(|error| {
         Error::Internal(format!("stored metadata is not a string map: {error}"))

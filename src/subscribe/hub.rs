@@ -48,6 +48,9 @@ pub struct Hub {
     batches: broadcast::Sender<Batch>,
     /// The last position broadcast.
     head: AtomicU64,
+    /// The head, for tasks that wait for new commits without receiving the events (async
+    /// projection workers).
+    head_changes: watch::Sender<u64>,
     registry: Arc<Registry>,
 }
 
@@ -73,6 +76,7 @@ impl Hub {
         let hub = Arc::new(Self {
             batches,
             head: AtomicU64::new(head as u64),
+            head_changes: watch::Sender::new(head as u64),
             registry,
         });
         let task = tokio::spawn(hub.clone().follow(pool, listener, stop));
@@ -82,6 +86,11 @@ impl Hub {
     /// Receives every batch broadcast from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Batch> {
         self.batches.subscribe()
+    }
+
+    /// Follows the head: changes whenever new commits are seen.
+    pub fn head_watch(&self) -> watch::Receiver<u64> {
+        self.head_changes.subscribe()
     }
 
     /// The last position broadcast.
@@ -171,6 +180,7 @@ impl Hub {
                 target
             };
             self.head.fetch_max(head, Ordering::AcqRel);
+            self.head_changes.send_replace(self.head());
             return Ok(());
         }
         let mut cursor = ReadCursor::all(pool.clone(), self.head(), Direction::Forwards, 0);
@@ -183,6 +193,7 @@ impl Hub {
             // either this batch in its receiver or its events in the database.
             let _ = self.batches.send(page.into());
             self.head.store(last, Ordering::Release);
+            self.head_changes.send_replace(last);
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 mod append;
 mod embedded;
 mod helpers;
+mod projection;
 mod read;
 mod server;
 mod subscribe;

@@ -1,0 +1,592 @@
+//! The rebuild orchestrator (ARCHITECTURE section 4, steps 1 to 6).
+//!
+//! A rebuild runs on a dedicated connection that holds the projection's rebuild lock (session
+//! advisory lock) from start to end: if the process dies, the lock goes with its connection and
+//! another process resumes from the last committed batch once the heartbeat is stale.
+//! - Blue/green: the next version is built beside the active one (which inline appends keep
+//!   updating), then cut over in one transaction holding the log_head lock.
+//! - In-place: the active version's apply lock is taken exclusively, so inline appends record
+//!   skips instead of applying; the table is emptied and replayed; the final transaction (holding
+//!   the log_head lock) catches up, reactivates the version and releases the apply lock, and the
+//!   recorded skips are then replayed above applied_position and archived.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use sqlx::{Connection, PgConnection};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::{
+    Projections,
+    apply::{self, Failures, HandlerFailure},
+    definition::{Definition, OnError},
+    keys,
+    versions::{self, VersionRow},
+};
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    BlueGreen,
+    InPlace,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BlueGreen => "blue_green",
+            Self::InPlace => "in_place",
+        }
+    }
+
+    pub fn parse(text: &str) -> Self {
+        if text == "in_place" {
+            Self::InPlace
+        } else {
+            Self::BlueGreen
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Starting,
+    Backfilling,
+    CatchingUp,
+    CuttingOver,
+    ReplayingSkips,
+    Done,
+    Failed,
+}
+
+/// What a rebuild reports as it goes.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pub phase: Phase,
+    pub version: i32,
+    pub position: u64,
+    pub head: u64,
+    pub events_per_second: f64,
+    pub skips_replayed: u64,
+    pub node: String,
+    pub error: Option<String>,
+}
+
+impl Progress {
+    pub fn is_finished(&self) -> bool {
+        matches!(self.phase, Phase::Done | Phase::Failed)
+    }
+}
+
+/// The application name of rebuild connections (followed by `:<node>`).
+const REBUILD_APPLICATION: &str = "highwater-rebuild";
+
+/// Once the backfill is this close to the head, the rest is applied in the cut-over transaction.
+const CUT_OVER_DISTANCE: u64 = 500;
+
+impl Projections {
+    /// Starts (or joins, if this process runs it already) a rebuild; progress comes on the
+    /// returned channel. The rebuild belongs to the server: dropping the receiver does not stop it.
+    pub async fn rebuild(
+        self: &Arc<Self>,
+        name: &str,
+        strategy: Strategy,
+    ) -> Result<watch::Receiver<Progress>> {
+        if let Some(running) = self.running_rebuild(name) {
+            return Ok(running);
+        }
+        let mut connection = self.dedicated_connection(REBUILD_APPLICATION).await?;
+        let Some((active, _)) = versions::projection(&mut connection, name).await? else {
+            return Err(Error::ProjectionNotFound(name.to_string()));
+        };
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(keys::rebuild_key(name))
+            .fetch_one(&mut connection)
+            .await?;
+        if !locked {
+            // The holder's connection is named after its node: read it from the lock itself, so the
+            // answer is right even before the owner has written anything.
+            let key = keys::rebuild_key(name);
+            let owner: Option<String> = sqlx::query_scalar(
+                "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                  WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+                    AND l.classid::bigint = (($1 >> 32) & 4294967295) AND l.objid::bigint = ($1 & 4294967295)
+                  LIMIT 1",
+            )
+            .bind(key)
+            .fetch_optional(&mut connection)
+            .await?;
+            let owner = owner.map(|application| {
+                application
+                    .strip_prefix(REBUILD_APPLICATION)
+                    .unwrap_or(&application)
+                    .trim_start_matches(':')
+                    .to_string()
+            });
+            let _ = connection.close().await;
+            return Err(Error::FailedPrecondition(format!(
+                "projection {name} is being rebuilt by node {}",
+                owner.as_deref().unwrap_or("(unknown)")
+            )));
+        }
+        let mut running = self.rebuilds.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(progress) = running.get(name).filter(|p| !p.borrow().is_finished()) {
+            return Ok(progress.clone());
+        }
+        let (sender, receiver) = watch::channel(Progress {
+            phase: Phase::Starting,
+            version: active.unwrap_or(0),
+            position: 0,
+            head: 0,
+            events_per_second: 0.0,
+            skips_replayed: 0,
+            node: self.node.clone(),
+            error: None,
+        });
+        running.insert(name.to_string(), receiver.clone());
+        drop(running);
+
+        let projections = self.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let mut run = RebuildRun {
+                projections: &projections,
+                name: &name,
+                connection,
+                progress: sender,
+                started: Instant::now(),
+            };
+            let outcome = run.run(strategy).await;
+            if let Err(error) = outcome {
+                warn!(projection = %name, %error, "rebuild failed");
+                run.fail(&error.to_string()).await;
+            }
+            let _ = run.connection.close().await;
+        });
+        Ok(receiver)
+    }
+
+    fn running_rebuild(&self, name: &str) -> Option<watch::Receiver<Progress>> {
+        let running = self.rebuilds.lock().unwrap_or_else(|p| p.into_inner());
+        running
+            .get(name)
+            .filter(|p| !p.borrow().is_finished())
+            .cloned()
+    }
+
+    /// The progress of a rebuild running in this process, if any.
+    pub fn local_progress(&self, name: &str) -> Option<Progress> {
+        let running = self.rebuilds.lock().unwrap_or_else(|p| p.into_inner());
+        running.get(name).map(|p| p.borrow().clone())
+    }
+}
+
+struct RebuildRun<'a> {
+    projections: &'a Arc<Projections>,
+    name: &'a str,
+    /// Holds the rebuild lock (and, in place, the apply lock) for the whole rebuild.
+    connection: PgConnection,
+    progress: watch::Sender<Progress>,
+    started: Instant,
+}
+
+impl RebuildRun<'_> {
+    async fn run(&mut self, requested: Strategy) -> Result<()> {
+        let (target, strategy) = self.prepare(requested).await?;
+        let definition = target.definition.clone();
+        let version = target.version;
+        info!(
+            projection = self.name,
+            version,
+            strategy = strategy.as_str(),
+            "rebuild started"
+        );
+        sqlx::query(
+            "UPDATE projection_versions
+                SET rebuild_owner = $3, rebuild_strategy = $4, heartbeat_at = now(), last_error = NULL, updated_at = now()
+              WHERE name = $1 AND version = $2",
+        )
+        .bind(self.name)
+        .bind(version)
+        .bind(&self.projections.node)
+        .bind(strategy.as_str())
+        .execute(&mut self.connection)
+        .await?;
+
+        self.backfill(&definition, version).await?;
+        self.cut_over(&definition, version, strategy).await?;
+        let replayed = if strategy == Strategy::InPlace {
+            self.replay_skips(&definition, version).await?
+        } else {
+            0
+        };
+        self.progress.send_modify(|p| {
+            p.phase = Phase::Done;
+            p.skips_replayed = replayed;
+        });
+        info!(
+            projection = self.name,
+            version,
+            skips_replayed = replayed,
+            "rebuild done"
+        );
+        Ok(())
+    }
+
+    /// Chooses (and if needed creates or resets) the version to build.
+    async fn prepare(&mut self, requested: Strategy) -> Result<(VersionRow, Strategy)> {
+        let all = versions::versions(&mut self.connection, self.name).await?;
+        // A rebuild interrupted earlier is resumed whatever was asked.
+        if let Some(interrupted) = all
+            .iter()
+            .find(|v| v.status == "building" || v.status == "rebuilding")
+        {
+            let strategy = if interrupted.status == "rebuilding" {
+                Strategy::InPlace
+            } else {
+                Strategy::BlueGreen
+            };
+            if strategy == Strategy::InPlace {
+                self.take_apply_lock(interrupted.version).await?;
+            }
+            return Ok((interrupted.clone(), strategy));
+        }
+        let active = all
+            .iter()
+            .find(|v| v.status == "active")
+            .or_else(|| all.iter().find(|v| v.status == "failed"))
+            .cloned()
+            .ok_or_else(|| {
+                Error::FailedPrecondition(format!(
+                    "projection {} has no version to rebuild",
+                    self.name
+                ))
+            })?;
+        match requested {
+            Strategy::BlueGreen => {
+                let next = all.first().map_or(1, |v| v.version) + 1;
+                let mut transaction = self.connection.begin().await?;
+                sqlx::query(sqlx::AssertSqlSafe(active.definition.setup_sql(next)))
+                    .execute(&mut *transaction)
+                    .await
+                    .map_err(|error| setup_error(&active.definition, &error))?;
+                let mut definition = active.definition.clone();
+                definition.version = next;
+                sqlx::query(
+                    "INSERT INTO projection_versions (name, version, definition, status) VALUES ($1, $2, $3, 'building')",
+                )
+                .bind(self.name)
+                .bind(next)
+                .bind(serde_json::to_value(&definition).map_err(|e| Error::Internal(e.to_string()))?)
+                .execute(&mut *transaction)
+                .await?;
+                transaction.commit().await?;
+                let row = versions::versions(&mut self.connection, self.name)
+                    .await?
+                    .into_iter()
+                    .find(|v| v.version == next)
+                    .ok_or_else(|| Error::Internal("new version vanished".into()))?;
+                Ok((row, Strategy::BlueGreen))
+            }
+            Strategy::InPlace => {
+                // Waits for appends applying this version to commit; later ones record skips.
+                self.take_apply_lock(active.version).await?;
+                let mut transaction = self.connection.begin().await?;
+                versions::lock_head(&mut transaction).await?;
+                sqlx::query(
+                    "UPDATE projection_versions SET status = 'rebuilding', applied_position = 0, updated_at = now()
+                      WHERE name = $1 AND version = $2",
+                )
+                .bind(self.name)
+                .bind(active.version)
+                .execute(&mut *transaction)
+                .await?;
+                versions::truncate(&mut transaction, &active.definition, active.version).await?;
+                versions::bump_catalog(&mut transaction).await?;
+                transaction.commit().await?;
+                let mut row = active;
+                row.status = "rebuilding".into();
+                row.applied_position = 0;
+                Ok((row, Strategy::InPlace))
+            }
+        }
+    }
+
+    async fn take_apply_lock(&mut self, version: i32) -> Result<()> {
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(keys::apply_key(self.name, version))
+            .execute(&mut self.connection)
+            .await?;
+        Ok(())
+    }
+
+    /// Applies the log in batches, each with its progress and heartbeat, until close to the head.
+    async fn backfill(&mut self, definition: &Definition, version: i32) -> Result<()> {
+        let types: Vec<String> = definition.handlers.keys().cloned().collect();
+        let handlers = definition.handlers_for(version)?;
+        let batch_size = self.projections.settings.batch_size;
+        let mut applied_since_start = 0u64;
+        self.progress.send_modify(|p| {
+            p.phase = Phase::Backfilling;
+            p.version = version;
+        });
+        loop {
+            let mut transaction = self.connection.begin().await?;
+            let head = versions::head(&mut transaction).await?;
+            let row = versions::lock_version(&mut transaction, self.name, version).await?;
+            let events = versions::events_between(
+                &mut transaction,
+                row.applied_position,
+                head,
+                &types,
+                batch_size,
+            )
+            .await?;
+            let full = events.len() as i64 == batch_size;
+            let applied = if full {
+                events.last().map_or(head, |e| e.position)
+            } else {
+                head
+            };
+            apply_events(
+                &mut transaction,
+                self.name,
+                definition,
+                version,
+                &handlers,
+                &events,
+            )
+            .await?;
+            applied_since_start += events.len() as u64;
+            let rate = applied_since_start as f64 / self.started.elapsed().as_secs_f64().max(0.001);
+            sqlx::query(
+                "UPDATE projection_versions
+                    SET applied_position = $3, rebuild_head = $4, heartbeat_at = now(), events_per_second = $5,
+                        updated_at = now()
+                  WHERE name = $1 AND version = $2",
+            )
+            .bind(self.name)
+            .bind(version)
+            .bind(applied as i64)
+            .bind(head as i64)
+            .bind(rate)
+            .execute(&mut *transaction)
+            .await?;
+            transaction.commit().await?;
+            let close = !full && head.saturating_sub(applied) <= CUT_OVER_DISTANCE;
+            self.progress.send_modify(|p| {
+                p.position = applied;
+                p.head = head;
+                p.events_per_second = rate;
+                if !full {
+                    p.phase = Phase::CatchingUp;
+                }
+            });
+            if close {
+                return Ok(());
+            }
+            if let Some(pause) = self.projections.settings.batch_pause {
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+
+    /// One transaction holding the log_head lock: the last events, then the switch.
+    async fn cut_over(
+        &mut self,
+        definition: &Definition,
+        version: i32,
+        strategy: Strategy,
+    ) -> Result<()> {
+        self.progress.send_modify(|p| p.phase = Phase::CuttingOver);
+        let types: Vec<String> = definition.handlers.keys().cloned().collect();
+        let handlers = definition.handlers_for(version)?;
+        let mut transaction = self.connection.begin().await?;
+        let head = versions::lock_head(&mut transaction).await?;
+        let row = versions::lock_version(&mut transaction, self.name, version).await?;
+        let events = versions::events_between(
+            &mut transaction,
+            row.applied_position,
+            head,
+            &types,
+            i64::MAX,
+        )
+        .await?;
+        apply_events(
+            &mut transaction,
+            self.name,
+            definition,
+            version,
+            &handlers,
+            &events,
+        )
+        .await?;
+        if strategy == Strategy::BlueGreen {
+            sqlx::query(
+                "UPDATE projection_versions SET status = 'retired', updated_at = now()
+                  WHERE name = $1 AND status = 'active'",
+            )
+            .bind(self.name)
+            .execute(&mut *transaction)
+            .await?;
+        }
+        sqlx::query(
+            "UPDATE projection_versions
+                SET status = 'active', applied_position = $3, rebuild_head = $3, heartbeat_at = now(), updated_at = now()
+              WHERE name = $1 AND version = $2",
+        )
+        .bind(self.name)
+        .bind(version)
+        .bind(head as i64)
+        .execute(&mut *transaction)
+        .await?;
+        sqlx::query("UPDATE projections SET active_version = $2, mode = $3, updated_at = now() WHERE name = $1")
+            .bind(self.name)
+            .bind(version)
+            .bind(definition.mode.as_str())
+            .execute(&mut *transaction)
+            .await?;
+        versions::point_view(&mut transaction, definition, version).await?;
+        if strategy == Strategy::InPlace {
+            // Released inside the transaction that holds the log_head lock: no append can see the
+            // version unlocked before this commit.
+            sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(keys::apply_key(self.name, version))
+                .execute(&mut *transaction)
+                .await?;
+        }
+        versions::bump_catalog(&mut transaction).await?;
+        transaction.commit().await?;
+        self.progress.send_modify(|p| {
+            p.position = head;
+            p.head = head;
+        });
+        Ok(())
+    }
+
+    /// Applies skips recorded above applied_position (none, when the cut-over caught up with
+    /// them) and archives every skip of the version.
+    async fn replay_skips(&mut self, definition: &Definition, version: i32) -> Result<u64> {
+        self.progress
+            .send_modify(|p| p.phase = Phase::ReplayingSkips);
+        let handlers = definition.handlers_for(version)?;
+        let mut transaction = self.connection.begin().await?;
+        let row = versions::lock_version(&mut transaction, self.name, version).await?;
+        let pending: Vec<i64> = sqlx::query_scalar(
+            "SELECT DISTINCT position FROM system_messages
+              WHERE projection = $1 AND version = $2 AND kind = 'skip' AND archived_at IS NULL AND position > $3
+              ORDER BY position",
+        )
+        .bind(self.name)
+        .bind(version)
+        .bind(row.applied_position as i64)
+        .fetch_all(&mut *transaction)
+        .await?;
+        if !pending.is_empty() {
+            let events = versions::events_at(&mut transaction, &pending).await?;
+            apply_events(
+                &mut transaction,
+                self.name,
+                definition,
+                version,
+                &handlers,
+                &events,
+            )
+            .await?;
+            let last = events.last().map_or(row.applied_position, |e| e.position);
+            sqlx::query("UPDATE projection_versions SET applied_position = GREATEST(applied_position, $3) WHERE name = $1 AND version = $2")
+                .bind(self.name)
+                .bind(version)
+                .bind(last as i64)
+                .execute(&mut *transaction)
+                .await?;
+        }
+        let archived = sqlx::query(
+            "UPDATE system_messages SET archived_at = clock_timestamp()
+              WHERE projection = $1 AND version = $2 AND kind = 'skip' AND archived_at IS NULL",
+        )
+        .bind(self.name)
+        .bind(version)
+        .execute(&mut *transaction)
+        .await?
+        .rows_affected();
+        transaction.commit().await?;
+        Ok(archived)
+    }
+
+    async fn fail(&mut self, reason: &str) {
+        let version = self.progress.borrow().version;
+        let _ = sqlx::query(
+            "UPDATE projection_versions SET status = 'failed', last_error = $3, updated_at = now()
+              WHERE name = $1 AND version = $2 AND status IN ('building', 'rebuilding')",
+        )
+        .bind(self.name)
+        .bind(version)
+        .bind(reason)
+        .execute(&mut self.connection)
+        .await;
+        self.progress.send_modify(|p| {
+            p.phase = Phase::Failed;
+            p.error = Some(reason.to_string());
+        });
+    }
+}
+
+pub fn setup_error(definition: &Definition, error: &sqlx::Error) -> Error {
+    Error::invalid(
+        "setup",
+        format!(
+            "{}: setup of {} failed: {}",
+            if definition.source.is_empty() {
+                "definition"
+            } else {
+                definition.source.as_str()
+            },
+            definition.name,
+            apply::database_message(error)
+        ),
+    )
+}
+
+/// How long a rebuild may go without a heartbeat before another process takes it over.
+pub fn heartbeat_expired(heartbeat_us: Option<i64>, timeout: Duration) -> bool {
+    let Some(heartbeat_us) = heartbeat_us else {
+        return true;
+    };
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0);
+    now_us - heartbeat_us > timeout.as_micros() as i64
+}
+
+/// Applies events to a version in the caller's transaction; with `on_error = "skip"` failures
+/// become dead letters, otherwise the first failure fails the rebuild.
+async fn apply_events(
+    connection: &mut PgConnection,
+    name: &str,
+    definition: &Definition,
+    version: i32,
+    handlers: &std::collections::BTreeMap<String, super::definition::Handler>,
+    events: &[crate::store::model::RecordedEvent],
+) -> Result<()> {
+    let mode = if definition.on_error == OnError::Skip {
+        Failures::Collect
+    } else {
+        Failures::Abort
+    };
+    match apply::apply_batch(connection, handlers, events, mode).await {
+        Ok(dead) => {
+            let dead: Vec<(u64, String)> = dead
+                .into_iter()
+                .map(|f: HandlerFailure| (f.position, f.message))
+                .collect();
+            apply::record_messages(connection, name, version, "dead_letter", &dead).await?;
+            Ok(())
+        }
+        Err(failure) => Err(Error::FailedPrecondition(failure.describe(name))),
+    }
+}

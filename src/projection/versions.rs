@@ -1,0 +1,215 @@
+//! Reading and changing projection versions: the metadata tables and the read-model tables.
+
+use sqlx::{AssertSqlSafe, PgConnection, Row};
+
+use super::definition::Definition;
+use crate::{
+    error::{Error, Result},
+    store::{model::RecordedEvent, reader},
+};
+
+/// A row of `projection_versions`.
+#[derive(Debug, Clone)]
+pub struct VersionRow {
+    pub name: String,
+    pub version: i32,
+    pub definition: Definition,
+    pub status: String,
+    pub applied_position: u64,
+    pub rebuild_strategy: Option<String>,
+    pub rebuild_owner: Option<String>,
+    pub rebuild_head: Option<u64>,
+    pub heartbeat_us: Option<i64>,
+    pub events_per_second: Option<f64>,
+    pub last_error: Option<String>,
+}
+
+const VERSION_COLUMNS: &str = "name, version, definition, status, applied_position, rebuild_strategy, \
+     rebuild_owner, rebuild_head, (extract(epoch FROM heartbeat_at) * 1000000)::bigint AS heartbeat_us, \
+     events_per_second, last_error";
+
+fn decode_version(row: &sqlx::postgres::PgRow) -> Result<VersionRow> {
+    let name: String = row.try_get("name")?;
+    let definition: serde_json::Value = row.try_get("definition")?;
+    let definition = serde_json::from_value(definition)
+        .map_err(|error| Error::Internal(format!("stored definition of {name}: {error}")))?;
+    Ok(VersionRow {
+        name,
+        version: row.try_get("version")?,
+        definition,
+        status: row.try_get("status")?,
+        applied_position: row.try_get::<i64, _>("applied_position")? as u64,
+        rebuild_strategy: row.try_get("rebuild_strategy")?,
+        rebuild_owner: row.try_get("rebuild_owner")?,
+        rebuild_head: row
+            .try_get::<Option<i64>, _>("rebuild_head")?
+            .map(|h| h as u64),
+        heartbeat_us: row.try_get("heartbeat_us")?,
+        events_per_second: row.try_get("events_per_second")?,
+        last_error: row.try_get("last_error")?,
+    })
+}
+
+/// Every version of a projection, newest first.
+pub async fn versions(connection: &mut PgConnection, name: &str) -> Result<Vec<VersionRow>> {
+    let sql = format!(
+        "SELECT {VERSION_COLUMNS} FROM projection_versions WHERE name = $1 ORDER BY version DESC"
+    );
+    sqlx::query(AssertSqlSafe(sql))
+        .bind(name)
+        .fetch_all(&mut *connection)
+        .await?
+        .iter()
+        .map(decode_version)
+        .collect()
+}
+
+/// One version, locked for the rest of the transaction.
+pub async fn lock_version(
+    connection: &mut PgConnection,
+    name: &str,
+    version: i32,
+) -> Result<VersionRow> {
+    let sql = format!(
+        "SELECT {VERSION_COLUMNS} FROM projection_versions WHERE name = $1 AND version = $2 FOR UPDATE"
+    );
+    let row = sqlx::query(AssertSqlSafe(sql))
+        .bind(name)
+        .bind(version)
+        .fetch_one(&mut *connection)
+        .await?;
+    decode_version(&row)
+}
+
+/// The projection's active version number and mode, if the projection exists.
+pub async fn projection(
+    connection: &mut PgConnection,
+    name: &str,
+) -> Result<Option<(Option<i32>, String)>> {
+    Ok(
+        sqlx::query_as("SELECT active_version, mode FROM projections WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut *connection)
+            .await?,
+    )
+}
+
+/// The committed head of the log.
+pub async fn head(connection: &mut PgConnection) -> Result<u64> {
+    let head: i64 = sqlx::query_scalar("SELECT position FROM log_head")
+        .fetch_one(&mut *connection)
+        .await?;
+    Ok(head as u64)
+}
+
+/// Takes the log_head row lock for the rest of the transaction: appends wait. Returns the head.
+pub async fn lock_head(connection: &mut PgConnection) -> Result<u64> {
+    let head: i64 = sqlx::query_scalar("SELECT position FROM log_head FOR UPDATE")
+        .fetch_one(&mut *connection)
+        .await?;
+    Ok(head as u64)
+}
+
+/// Tells every writer to reload its inline catalog. Takes the log_head lock.
+pub async fn bump_catalog(connection: &mut PgConnection) -> Result<()> {
+    sqlx::query("UPDATE log_head SET catalog_version = catalog_version + 1")
+        .execute(&mut *connection)
+        .await?;
+    Ok(())
+}
+
+/// Events in (`after`, `upto`] whose type has a handler, in position order, at most `limit`.
+pub async fn events_between(
+    connection: &mut PgConnection,
+    after: u64,
+    upto: u64,
+    types: &[String],
+    limit: i64,
+) -> Result<Vec<RecordedEvent>> {
+    let sql = format!(
+        "SELECT {} FROM events e
+          WHERE e.position > $1 AND e.position <= $2 AND e.type = ANY($3)
+          ORDER BY e.position LIMIT $4",
+        reader::COLUMNS
+    );
+    sqlx::query(AssertSqlSafe(sql))
+        .bind(after as i64)
+        .bind(upto as i64)
+        .bind(types)
+        .bind(limit)
+        .fetch_all(&mut *connection)
+        .await?
+        .iter()
+        .map(reader::decode)
+        .collect()
+}
+
+/// Events at the given positions, in position order.
+pub async fn events_at(
+    connection: &mut PgConnection,
+    positions: &[i64],
+) -> Result<Vec<RecordedEvent>> {
+    let sql = format!(
+        "SELECT {} FROM events e WHERE e.position = ANY($1) ORDER BY e.position",
+        reader::COLUMNS
+    );
+    sqlx::query(AssertSqlSafe(sql))
+        .bind(positions)
+        .fetch_all(&mut *connection)
+        .await?
+        .iter()
+        .map(reader::decode)
+        .collect()
+}
+
+/// Points the plain-named view at a version's table.
+pub async fn point_view(
+    connection: &mut PgConnection,
+    definition: &Definition,
+    version: i32,
+) -> Result<()> {
+    // Names are validated identifiers (definition::is_identifier): safe to format.
+    // Replacing keeps the view's identity, so readers waiting on it carry on; when the columns
+    // changed between versions, it is dropped and created again instead.
+    let view = definition.view();
+    let table = definition.table(version);
+    sqlx::query("SAVEPOINT highwater_view")
+        .execute(&mut *connection)
+        .await?;
+    let replaced = sqlx::query(AssertSqlSafe(format!(
+        "CREATE OR REPLACE VIEW {view} AS SELECT * FROM {table}"
+    )))
+    .execute(&mut *connection)
+    .await;
+    if replaced.is_ok() {
+        sqlx::query("RELEASE SAVEPOINT highwater_view")
+            .execute(&mut *connection)
+            .await?;
+        return Ok(());
+    }
+    sqlx::query("ROLLBACK TO SAVEPOINT highwater_view")
+        .execute(&mut *connection)
+        .await?;
+    sqlx::query(AssertSqlSafe(format!("DROP VIEW IF EXISTS {view}")))
+        .execute(&mut *connection)
+        .await?;
+    sqlx::query(AssertSqlSafe(format!(
+        "CREATE VIEW {view} AS SELECT * FROM {table}"
+    )))
+    .execute(&mut *connection)
+    .await?;
+    Ok(())
+}
+
+/// Empties a version's table (in-place rebuild).
+pub async fn truncate(
+    connection: &mut PgConnection,
+    definition: &Definition,
+    version: i32,
+) -> Result<()> {
+    let sql = format!("TRUNCATE {}", definition.table(version));
+    sqlx::query(AssertSqlSafe(sql))
+        .execute(&mut *connection)
+        .await?;
+    Ok(())
+}

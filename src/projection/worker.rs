@@ -1,0 +1,227 @@
+//! Background work of every process: async projection workers (one leader per projection in the
+//! cluster, through an advisory lock on a dedicated connection) and the supervisor that starts
+//! them and takes over rebuilds whose owner died.
+
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use sqlx::{Connection, PgConnection};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::{
+    Projections,
+    apply::{self, Failures},
+    definition::OnError,
+    keys,
+    rebuild::{self, Strategy},
+    versions,
+};
+use crate::{
+    error::{Error, Result},
+    shutdown::stopped,
+};
+
+/// Attempts at a failing batch before its failing event is dead-lettered or the projection stops.
+const ATTEMPTS: u32 = 3;
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+
+impl Projections {
+    /// Every `supervise_interval`: start workers for async projections this process does not run
+    /// yet, and resume rebuilds whose heartbeat is stale and whose lock is free.
+    pub async fn supervise(self: Arc<Self>, stop: watch::Receiver<bool>) {
+        let mut workers: HashSet<String> = HashSet::new();
+        loop {
+            if let Err(error) = self.supervise_once(&mut workers, &stop).await {
+                warn!(%error, "projection supervisor");
+            }
+            tokio::select! {
+                () = stopped(stop.clone()) => return,
+                _ = tokio::time::sleep(self.settings.supervise_interval) => {}
+            }
+        }
+    }
+
+    async fn supervise_once(
+        self: &Arc<Self>,
+        workers: &mut HashSet<String>,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<()> {
+        let async_projections: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM projections WHERE mode = 'async' AND active_version IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for name in async_projections {
+            if workers.insert(name.clone()) {
+                tokio::spawn(self.clone().run_async(name, stop.clone()));
+            }
+        }
+        let stale: Vec<(String, Option<String>, Option<i64>)> = sqlx::query_as(
+            "SELECT name, rebuild_strategy, (extract(epoch FROM heartbeat_at) * 1000000)::bigint
+               FROM projection_versions WHERE status IN ('building', 'rebuilding')",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for (name, strategy, heartbeat_us) in stale {
+            if self.local_progress(&name).is_some_and(|p| !p.is_finished()) {
+                continue;
+            }
+            if rebuild::heartbeat_expired(heartbeat_us, self.settings.heartbeat_timeout) {
+                let strategy = Strategy::parse(strategy.as_deref().unwrap_or("blue_green"));
+                match self.rebuild(&name, strategy).await {
+                    Ok(_) => info!(projection = %name, "resuming a rebuild whose owner stopped"),
+                    Err(Error::FailedPrecondition(_)) => {}
+                    Err(error) => warn!(projection = %name, %error, "cannot resume rebuild"),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one async projection while this process holds its leadership lock.
+    async fn run_async(self: Arc<Self>, name: String, stop: watch::Receiver<bool>) {
+        let mut head = self.hub.head_watch();
+        loop {
+            match self.lead_async(&name, &mut head, &stop).await {
+                Ok(true) => return, // stopping
+                Ok(false) => {}     // another process leads, or nothing to do for now
+                Err(error) => warn!(projection = %name, %error, "async projection worker"),
+            }
+            tokio::select! {
+                () = stopped(stop.clone()) => return,
+                _ = tokio::time::sleep(self.settings.supervise_interval) => {}
+            }
+        }
+    }
+
+    /// Ok(false): not the leader. Ok(true): done for good.
+    async fn lead_async(
+        &self,
+        name: &str,
+        head: &mut watch::Receiver<u64>,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<bool> {
+        let mut connection = self.dedicated_connection("highwater-async").await?;
+        let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(keys::async_key(name))
+            .fetch_one(&mut connection)
+            .await?;
+        if !leader {
+            let _ = connection.close().await;
+            return Ok(false);
+        }
+        info!(projection = name, node = %self.node, "leading async projection");
+        loop {
+            match self.async_batch(&mut connection, name).await? {
+                BatchOutcome::Applied => continue,
+                // Failed or no longer async: give up leadership, look again later.
+                BatchOutcome::Gone => {
+                    let _ = connection.close().await;
+                    return Ok(false);
+                }
+                BatchOutcome::Idle => {}
+            }
+            // Caught up: wait for new commits (the hub's head) or shutdown.
+            tokio::select! {
+                () = stopped(stop.clone()) => return Ok(true),
+                changed = head.changed() => if changed.is_err() { return Ok(true) },
+            }
+        }
+    }
+
+    /// One batch in one transaction, with applied_position moving inside it.
+    async fn async_batch(&self, connection: &mut PgConnection, name: &str) -> Result<BatchOutcome> {
+        let mut attempt = 0;
+        loop {
+            let mut transaction = connection.begin().await?;
+            // Every early return ends the transaction explicitly: a dropped one would only roll
+            // back on the connection's next use, holding its row lock while the worker waits.
+            let Some((Some(active), mode)) = versions::projection(&mut transaction, name).await?
+            else {
+                transaction.rollback().await?;
+                return Ok(BatchOutcome::Gone);
+            };
+            if mode != "async" {
+                transaction.rollback().await?;
+                return Ok(BatchOutcome::Gone);
+            }
+            let row = versions::lock_version(&mut transaction, name, active).await?;
+            if row.status != "active" {
+                transaction.rollback().await?;
+                return Ok(BatchOutcome::Idle); // an in-place rebuild owns it, or it failed
+            }
+            let head = versions::head(&mut transaction).await?;
+            let types: Vec<String> = row.definition.handlers.keys().cloned().collect();
+            let batch_size = self.settings.batch_size;
+            let events = versions::events_between(
+                &mut transaction,
+                row.applied_position,
+                head,
+                &types,
+                batch_size,
+            )
+            .await?;
+            let full = events.len() as i64 == batch_size;
+            let applied = if full {
+                events.last().map_or(head, |e| e.position)
+            } else {
+                head
+            };
+            if applied == row.applied_position {
+                transaction.rollback().await?;
+                return Ok(BatchOutcome::Idle);
+            }
+            let handlers = row.definition.handlers_for(active)?;
+            let last_attempt = attempt + 1 >= ATTEMPTS;
+            let mode = if last_attempt && row.definition.on_error == OnError::Skip {
+                Failures::Collect
+            } else {
+                Failures::Abort
+            };
+            match apply::apply_batch(&mut transaction, &handlers, &events, mode).await {
+                Ok(dead) => {
+                    let dead: Vec<(u64, String)> =
+                        dead.into_iter().map(|f| (f.position, f.message)).collect();
+                    apply::record_messages(&mut transaction, name, active, "dead_letter", &dead)
+                        .await?;
+                    sqlx::query(
+                        "UPDATE projection_versions SET applied_position = $3, updated_at = now() WHERE name = $1 AND version = $2",
+                    )
+                    .bind(name)
+                    .bind(active)
+                    .bind(applied as i64)
+                    .execute(&mut *transaction)
+                    .await?;
+                    transaction.commit().await?;
+                    return Ok(BatchOutcome::Applied);
+                }
+                Err(failure) => {
+                    transaction.rollback().await?;
+                    if !last_attempt {
+                        tokio::time::sleep(FIRST_BACKOFF * 4u32.pow(attempt)).await;
+                        attempt += 1;
+                        continue;
+                    }
+                    let reason = failure.describe(name);
+                    warn!(projection = name, %reason, "async projection stopped");
+                    sqlx::query(
+                        "UPDATE projection_versions SET status = 'failed', last_error = $3, updated_at = now()
+                          WHERE name = $1 AND version = $2",
+                    )
+                    .bind(name)
+                    .bind(active)
+                    .bind(&reason)
+                    .execute(&mut *connection)
+                    .await?;
+                    return Ok(BatchOutcome::Gone);
+                }
+            }
+        }
+    }
+}
+
+enum BatchOutcome {
+    Applied,
+    Idle,
+    Gone,
+}

@@ -1,0 +1,574 @@
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use highwater::pb::{
+    self, AdminRebuildRequest, GetProjectionRequest, RebuildStrategy, admin_client::AdminClient,
+    event_store_client::EventStoreClient, rebuild_progress::Phase,
+};
+use sqlx::Connection;
+use tonic::{Code, transport::Channel};
+
+use crate::helpers::*;
+
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/projections");
+
+/// A cart row: item count, line count, checked out, last position.
+type Cart = (i32, i32, bool, i64);
+
+/// The read model computed independently from the log.
+fn fold(log: &[pb::RecordedEvent]) -> BTreeMap<String, Cart> {
+    let mut carts: BTreeMap<String, Cart> = BTreeMap::new();
+    for event in log {
+        let quantity = || {
+            let data: serde_json::Value = serde_json::from_slice(&event.data).unwrap();
+            data["quantity"].as_i64().unwrap() as i32
+        };
+        match event.r#type.as_str() {
+            "ProductAdded" => {
+                let cart = carts
+                    .entry(event.stream.clone())
+                    .or_insert((0, 0, false, 0));
+                cart.0 += quantity();
+                cart.1 += 1;
+                cart.3 = event.position as i64;
+            }
+            "ProductRemoved" => {
+                if let Some(cart) = carts.get_mut(&event.stream) {
+                    cart.0 -= quantity();
+                    cart.1 -= 1;
+                    cart.3 = event.position as i64;
+                }
+            }
+            "CartCheckedOut" => {
+                if let Some(cart) = carts.get_mut(&event.stream) {
+                    cart.2 = true;
+                    cart.3 = event.position as i64;
+                }
+            }
+            _ => {}
+        }
+    }
+    carts
+}
+
+async fn read_model(database: &TestDatabase, relation: &str) -> BTreeMap<String, Cart> {
+    let mut connection = database.connect().await;
+    let sql = format!(
+        "SELECT cart_id, item_count, line_count, checked_out, last_position FROM {relation}"
+    );
+    let rows: Vec<(String, i32, i32, bool, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .fetch_all(&mut connection)
+        .await
+        .unwrap();
+    connection.close().await.unwrap();
+    rows.into_iter()
+        .map(|(id, a, b, c, d)| (id, (a, b, c, d)))
+        .collect()
+}
+
+/// The i-th event for a cart: its first is always ProductAdded.
+fn cart_event(i: usize) -> pb::ProposedEvent {
+    match i % 5 {
+        0 | 1 | 3 => json_event(
+            "ProductAdded",
+            &format!("{{\"sku\":\"s{i}\",\"quantity\":{}}}", 1 + i % 4),
+        ),
+        2 => json_event("ProductRemoved", "{\"sku\":\"s\",\"quantity\":1}"),
+        _ => json_event("CartCheckedOut", "{}"),
+    }
+}
+
+/// Appends `appends` events to ten carts of writer `writer`, from index `from`.
+async fn append_carts(
+    client: &mut EventStoreClient<Channel>,
+    writer: usize,
+    from: usize,
+    appends: usize,
+) {
+    for i in from..from + appends {
+        let cart = format!("cart-{writer}-{}", i % 10);
+        client
+            .append(append_request(&cart, None, vec![cart_event(i / 10)]))
+            .await
+            .unwrap();
+    }
+}
+
+/// Appends from `writers` clients until `stop` is set; returns how many appends were made.
+fn append_until(
+    endpoint: String,
+    writers: usize,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let mut tasks = Vec::new();
+        for writer in 0..writers {
+            let stop = stop.clone();
+            let endpoint = endpoint.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut client = EventStoreClient::connect(endpoint).await.unwrap();
+                let mut i = 1000;
+                while !stop.load(Ordering::Relaxed) {
+                    append_carts(&mut client, 100 + writer, i, 10).await;
+                    i += 10;
+                }
+                i - 1000
+            }));
+        }
+        let mut total = 0;
+        for task in tasks {
+            total += task.await.unwrap();
+        }
+        total
+    })
+}
+
+async fn admin(endpoint: String) -> AdminClient<Channel> {
+    AdminClient::connect(endpoint).await.unwrap()
+}
+
+async fn projection(admin: &mut AdminClient<Channel>, name: &str) -> pb::ProjectionInfo {
+    admin
+        .get_projection(GetProjectionRequest { name: name.into() })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn wait_active(
+    admin: &mut AdminClient<Channel>,
+    name: &str,
+    version: u32,
+    within: Duration,
+) -> pb::ProjectionInfo {
+    let deadline = Instant::now() + within;
+    loop {
+        let info = projection(admin, name).await;
+        if info.active_version == version && info.status == "active" && info.building_version == 0 {
+            return info;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} v{version} not active: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs a rebuild to its end; returns every progress message.
+async fn rebuild(
+    admin: &mut AdminClient<Channel>,
+    name: &str,
+    strategy: RebuildStrategy,
+) -> Vec<pb::RebuildProgress> {
+    let request = AdminRebuildRequest {
+        projection: name.into(),
+        strategy: strategy as i32,
+    };
+    let mut stream = admin.admin_rebuild(request).await.unwrap().into_inner();
+    let mut all = Vec::new();
+    while let Some(progress) = stream.message().await.unwrap() {
+        all.push(progress);
+    }
+    all
+}
+
+#[tokio::test]
+async fn an_inline_projection_equals_the_fold_of_the_log_after_concurrent_appends() {
+    let mut app = TestApp::spawn_with(&["--projections", EXAMPLES]).await;
+    let mut admin = admin(app.server.endpoint()).await;
+    wait_active(&mut admin, "cart_summary", 1, Duration::from_secs(10)).await;
+
+    let mut tasks = Vec::new();
+    for writer in 0..6 {
+        let mut client = app.server.client().await;
+        tasks.push(tokio::spawn(async move {
+            append_carts(&mut client, writer, 0, 300).await
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let log = app.read_all().await;
+    assert_eq!(log.len(), 1800);
+    let model = read_model(&app.database, "projections.cart_summary").await;
+    assert_eq!(model, fold(&log));
+    let info = projection(&mut admin, "cart_summary").await;
+    assert_eq!(
+        (info.applied_position, info.lag_events, info.pending_skips),
+        (1800, 0, 0)
+    );
+}
+
+#[tokio::test]
+async fn a_blue_green_rebuild_under_appends_never_empties_the_view() {
+    let mut app =
+        TestApp::spawn_with(&["--projections", EXAMPLES, "--projection-batch-size", "200"]).await;
+    let mut admin = admin(app.server.endpoint()).await;
+    wait_active(&mut admin, "cart_summary", 1, Duration::from_secs(10)).await;
+    let mut client = app.server.client().await;
+    for writer in 0..4 {
+        append_carts(&mut client, writer, 0, 500).await;
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let appending = append_until(app.server.endpoint(), 3, stop.clone());
+    // A reader that checks the view all along.
+    let reading = {
+        let stop = stop.clone();
+        let url = app.database.url.clone();
+        tokio::spawn(async move {
+            let mut connection = sqlx::PgConnection::connect(&url).await.unwrap();
+            let mut reads = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let count: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM projections.cart_summary")
+                        .fetch_one(&mut connection)
+                        .await
+                        .expect("the view answers during the rebuild");
+                assert!(count >= 40, "the view showed {count} carts");
+                reads += 1;
+            }
+            reads
+        })
+    };
+    let progress = rebuild(&mut admin, "cart_summary", RebuildStrategy::BlueGreen).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    let appended_during = appending.await.unwrap();
+    let reads = reading.await.unwrap();
+    assert!(appended_during > 0 && reads > 0);
+
+    let last = progress.last().unwrap();
+    assert_eq!(last.phase(), Phase::Done, "{last:?}");
+    assert_eq!(last.version, 2);
+    let phases: Vec<Phase> = progress.iter().map(|p| p.phase()).collect();
+    assert!(
+        phases.contains(&Phase::Backfilling) && phases.contains(&Phase::CuttingOver),
+        "{phases:?}"
+    );
+
+    let log = app.read_all().await;
+    assert_eq!(
+        read_model(&app.database, "projections.cart_summary").await,
+        fold(&log)
+    );
+    assert_eq!(
+        read_model(&app.database, "projections.cart_summary_v2").await,
+        fold(&log)
+    );
+    let info = projection(&mut admin, "cart_summary").await;
+    assert_eq!(info.active_version, 2);
+    let statuses: Vec<(u32, &str)> = info
+        .versions
+        .iter()
+        .map(|v| (v.version, v.status.as_str()))
+        .collect();
+    assert_eq!(statuses, [(2, "active"), (1, "retired")]);
+}
+
+#[tokio::test]
+async fn an_in_place_rebuild_under_appends_records_and_replays_skips() {
+    let mut app =
+        TestApp::spawn_with(&["--projections", EXAMPLES, "--projection-batch-size", "100"]).await;
+    let mut admin = admin(app.server.endpoint()).await;
+    wait_active(&mut admin, "cart_summary", 1, Duration::from_secs(10)).await;
+    let mut client = app.server.client().await;
+    for writer in 0..4 {
+        append_carts(&mut client, writer, 0, 500).await;
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let appending = append_until(app.server.endpoint(), 3, stop.clone());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let progress = rebuild(&mut admin, "cart_summary", RebuildStrategy::InPlace).await;
+    stop.store(true, Ordering::Relaxed);
+    assert!(appending.await.unwrap() > 0);
+
+    let last = progress.last().unwrap();
+    assert_eq!(last.phase(), Phase::Done, "{last:?}");
+    assert_eq!(last.version, 1);
+    assert!(progress.iter().any(|p| p.phase() == Phase::ReplayingSkips));
+    let info = projection(&mut admin, "cart_summary").await;
+    assert_eq!(info.pending_skips, 0, "no skip is left pending");
+    assert!(
+        info.archived_skips > 0,
+        "appends during the rebuild recorded skips"
+    );
+    assert_eq!(last.skips_replayed, info.archived_skips);
+
+    let log = app.read_all().await;
+    assert_eq!(
+        read_model(&app.database, "projections.cart_summary").await,
+        fold(&log)
+    );
+    let messages = admin
+        .list_system_messages(pb::ListSystemMessagesRequest {
+            projection: "cart_summary".into(),
+            kind: "skip".into(),
+            include_archived: true,
+            limit: 5,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .messages;
+    assert!(!messages.is_empty() && messages.iter().all(|m| m.archived_at.is_some()));
+}
+
+#[tokio::test]
+async fn two_rebuilds_at_once_through_two_servers_one_runs_the_other_is_refused() {
+    let slow = [
+        "--projections",
+        EXAMPLES,
+        "--projection-batch-size",
+        "50",
+        "--rebuild-batch-pause-ms",
+        "20",
+    ];
+    let mut args_a = slow.to_vec();
+    args_a.extend(["--node-name", "node-a"]);
+    let mut app = TestApp::spawn_with(&args_a).await;
+    let mut args_b = slow.to_vec();
+    args_b.extend(["--node-name", "node-b"]);
+    let b = RunningServer::start(config_for(&app.database.url, &args_b)).await;
+    b.wait_for_health(
+        tonic_health::pb::health_check_response::ServingStatus::Serving,
+        Duration::from_secs(30),
+    )
+    .await;
+    let mut admin_a = admin(app.server.endpoint()).await;
+    wait_active(&mut admin_a, "cart_summary", 1, Duration::from_secs(10)).await;
+    append_carts(&mut app.client, 0, 0, 1000).await;
+
+    let mut admin_b = admin(b.endpoint()).await;
+    let request = || AdminRebuildRequest {
+        projection: "cart_summary".into(),
+        strategy: RebuildStrategy::BlueGreen as i32,
+    };
+    let (first, second) = tokio::join!(
+        admin_a.admin_rebuild(request()),
+        admin_b.admin_rebuild(request())
+    );
+    let (winner, refused, owner) = match (first, second) {
+        (Ok(stream), Err(status)) => (stream, status, "node-a"),
+        (Err(status), Ok(stream)) => (stream, status, "node-b"),
+        (a, b) => panic!(
+            "exactly one rebuild runs: {:?} / {:?}",
+            a.map(|_| ()),
+            b.map(|_| ())
+        ),
+    };
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused.message().contains(owner),
+        "names the owner: {}",
+        refused.message()
+    );
+    let mut stream = winner.into_inner();
+    let mut last = None;
+    while let Some(progress) = stream.message().await.unwrap() {
+        last = Some(progress);
+    }
+    assert_eq!(last.unwrap().phase(), Phase::Done);
+    let log = app.read_all().await;
+    assert_eq!(
+        read_model(&app.database, "projections.cart_summary").await,
+        fold(&log)
+    );
+}
+
+#[tokio::test]
+async fn a_failing_inline_handler_fails_the_append_and_bad_definitions_are_rejected() {
+    let mut app = TestApp::spawn_with(&["--projections", EXAMPLES]).await;
+    let mut admin = admin(app.server.endpoint()).await;
+    wait_active(&mut admin, "cart_summary", 1, Duration::from_secs(10)).await;
+
+    // quantity is not a number: the handler's cast fails, so the append fails and writes nothing.
+    let status = app
+        .append(append_request(
+            "cart-x",
+            None,
+            vec![json_event("ProductAdded", "{\"quantity\":\"many\"}")],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status.message().contains("cart_summary")
+            && status.message().contains("ProductAdded")
+            && status.message().contains("invalid input syntax"),
+        "{}",
+        status.message()
+    );
+    assert!(app.read_all().await.is_empty());
+
+    let register = |toml: &str| pb::RegisterProjectionRequest {
+        source: Some(pb::register_projection_request::Source::Toml(toml.into())),
+    };
+    let setup_fails = "name = \"bad\"\nmode = \"inline\"\nsetup = \"CREATE TABLE {{table}} (x nonsense_type)\"\n[handlers]\nE = \"SELECT 1\"\n";
+    let status = admin
+        .register_projection(register(setup_fails))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("api")
+            && status.message().contains("setup")
+            && status.message().contains("nonsense_type"),
+        "{}",
+        status.message()
+    );
+
+    let handler_fails = "name = \"bad\"\nmode = \"inline\"\nsetup = \"CREATE TABLE {{table}} (x int)\"\n[handlers]\nE = \"UPDATE {{table}} SET y = 1\"\n";
+    let status = admin
+        .register_projection(register(handler_fails))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("handler E") && status.message().contains("\"y\""),
+        "{}",
+        status.message()
+    );
+
+    let malformed = "name = \"bad\"\nmode = \"sometimes\"\n";
+    let status = admin
+        .register_projection(register(malformed))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let status = admin
+        .get_projection(GetProjectionRequest { name: "bad".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+}
+
+const COUNTER_V1: &str = r#"
+name = "counter"
+mode = "async"
+on_error = "skip"
+setup = "CREATE TABLE {{table}} (stream text PRIMARY KEY, total bigint NOT NULL)"
+[handlers]
+Counted = """
+INSERT INTO {{table}} AS c VALUES ($stream, ($data->>'n')::int)
+ON CONFLICT (stream) DO UPDATE SET total = c.total + EXCLUDED.total
+"""
+"#;
+
+#[tokio::test]
+async fn an_async_projection_catches_up_dead_letters_a_poison_event_and_retries_it_once_fixed() {
+    let mut app = TestApp::spawn_with(&["--projection-supervise-ms", "100"]).await;
+    let mut admin = admin(app.server.endpoint()).await;
+    for i in 1..=200 {
+        app.append(append_request(
+            "counter-a",
+            None,
+            vec![json_event("Counted", &format!("{{\"n\":{i}}}"))],
+        ))
+        .await
+        .unwrap();
+    }
+    let register = |toml: &str| pb::RegisterProjectionRequest {
+        source: Some(pb::register_projection_request::Source::Toml(toml.into())),
+    };
+    admin
+        .register_projection(register(COUNTER_V1))
+        .await
+        .unwrap();
+    wait_active(&mut admin, "counter", 1, Duration::from_secs(10)).await;
+
+    // Live appends, one of them poison.
+    app.append(append_request(
+        "counter-a",
+        None,
+        vec![json_event("Counted", "{\"n\":\"seven\"}")],
+    ))
+    .await
+    .unwrap();
+    for _ in 0..10 {
+        app.append(append_request(
+            "counter-b",
+            None,
+            vec![json_event("Counted", "{\"n\":1}")],
+        ))
+        .await
+        .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let info = loop {
+        let info = projection(&mut admin, "counter").await;
+        if info.lag_events == 0 && info.dead_letters == 1 {
+            break info;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "async projection did not catch up: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(info.applied_position, info.head);
+    let totals = |rows: Vec<(String, i64)>| rows.into_iter().collect::<BTreeMap<_, _>>();
+    let mut connection = app.database.connect().await;
+    let model = totals(
+        sqlx::query_as("SELECT stream, total FROM projections.counter")
+            .fetch_all(&mut connection)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        model,
+        BTreeMap::from([
+            ("counter-a".to_string(), 20100),
+            ("counter-b".to_string(), 10)
+        ])
+    );
+    let letters = admin
+        .list_system_messages(pb::ListSystemMessagesRequest {
+            projection: "counter".into(),
+            kind: "dead_letter".into(),
+            include_archived: false,
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .messages;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].position, 201);
+    assert!(
+        letters[0].reason.contains("invalid input syntax"),
+        "{}",
+        letters[0].reason
+    );
+
+    // Fix the handler (same version, same setup): words count as 7, then retry.
+    let fixed = COUNTER_V1.replace(
+        "($data->>'n')::int",
+        "(CASE WHEN $data->>'n' = 'seven' THEN 7 ELSE ($data->>'n')::int END)",
+    );
+    admin.register_projection(register(&fixed)).await.unwrap();
+    let retried = admin
+        .retry_dead_letters(pb::RetryDeadLettersRequest {
+            projection: "counter".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((retried.applied, retried.still_failing), (1, 0));
+    let model = totals(
+        sqlx::query_as("SELECT stream, total FROM projections.counter")
+            .fetch_all(&mut connection)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(model["counter-a"], 20107);
+    assert_eq!(projection(&mut admin, "counter").await.dead_letters, 0);
+}
