@@ -572,3 +572,138 @@ async fn an_async_projection_catches_up_dead_letters_a_poison_event_and_retries_
     assert_eq!(model["counter-a"], 20107);
     assert_eq!(projection(&mut admin, "counter").await.dead_letters, 0);
 }
+
+/// A server process of the built binary on the test database.
+fn server_process(database_url: &str, port: u16, node: &str) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_highwater"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--database-url",
+            database_url,
+        ])
+        .args(["--projections", EXAMPLES, "--node-name", node])
+        .args([
+            "--projection-batch-size",
+            "50",
+            "--rebuild-batch-pause-ms",
+            "10",
+        ])
+        .args([
+            "--rebuild-heartbeat-timeout-ms",
+            "1500",
+            "--projection-supervise-ms",
+            "200",
+        ])
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start highwater")
+}
+
+async fn wait_serving(endpoint: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut admin) = AdminClient::connect(endpoint.to_string()).await {
+            if admin
+                .list_projections(pb::ListProjectionsRequest {})
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{endpoint} did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn a_rebuild_whose_process_is_killed_is_resumed_by_another_process() {
+    let database = TestDatabase::new();
+    let (port_a, port_b) = (free_port(), free_port());
+    let (endpoint_a, endpoint_b) = (
+        format!("http://127.0.0.1:{port_a}"),
+        format!("http://127.0.0.1:{port_b}"),
+    );
+    let mut a = server_process(&database.url, port_a, "node-a");
+    wait_serving(&endpoint_a).await;
+    let mut admin_a = admin(endpoint_a.clone()).await;
+    wait_active(&mut admin_a, "cart_summary", 1, Duration::from_secs(10)).await;
+    let mut client = EventStoreClient::connect(endpoint_a.clone()).await.unwrap();
+    for cart in 0..40 {
+        for batch in 0..10 {
+            let events = (batch * 10..batch * 10 + 10).map(cart_event).collect();
+            client
+                .append(append_request(&format!("cart-{cart}"), None, events))
+                .await
+                .unwrap();
+        }
+    }
+    let mut b = server_process(&database.url, port_b, "node-b");
+    wait_serving(&endpoint_b).await;
+
+    let request = AdminRebuildRequest {
+        projection: "cart_summary".into(),
+        strategy: RebuildStrategy::BlueGreen as i32,
+    };
+    let mut progress = admin_a.admin_rebuild(request).await.unwrap().into_inner();
+    loop {
+        let message = progress
+            .message()
+            .await
+            .unwrap()
+            .expect("progress until killed");
+        assert_ne!(
+            message.phase(),
+            Phase::Done,
+            "the rebuild finished before it could be killed"
+        );
+        if message.position >= 500 {
+            break;
+        }
+    }
+    a.kill().unwrap(); // SIGKILL: no cleanup, the rebuild's connection just drops
+    a.wait().unwrap();
+
+    let mut admin_b = admin(endpoint_b.clone()).await;
+    let interrupted = projection(&mut admin_b, "cart_summary").await;
+    let building = interrupted
+        .versions
+        .iter()
+        .find(|v| v.version == 2)
+        .expect("version 2 exists");
+    assert!(
+        building.applied_position >= 500,
+        "the killed rebuild committed its batches: {building:?}"
+    );
+    assert_eq!(building.rebuild_owner, "node-a");
+
+    let info = wait_active(&mut admin_b, "cart_summary", 2, Duration::from_secs(60)).await;
+    assert_eq!(
+        info.versions[0].rebuild_owner, "node-b",
+        "node-b took the rebuild over"
+    );
+    let mut client = EventStoreClient::connect(endpoint_b).await.unwrap();
+    let log = read_all_from(&mut client, 0, pb::Direction::Forwards, 0)
+        .await
+        .unwrap();
+    assert_eq!(log.len(), 4000);
+    assert_eq!(
+        read_model(&database, "projections.cart_summary").await,
+        fold(&log)
+    );
+    b.kill().unwrap();
+    b.wait().unwrap();
+}
