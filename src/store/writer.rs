@@ -217,6 +217,24 @@ async fn write_with_projections(
     requests: &[&AppendRequest],
 ) -> Result<Vec<Result<AppendResult>>, sqlx::Error> {
     let mut transaction = pool.begin().await?;
+    match write_requests(&mut transaction, catalog, requests).await {
+        Ok(results) => {
+            transaction.commit().await?;
+            Ok(results)
+        }
+        Err(error) => {
+            // At once: the transaction holds the log_head lock every appender waits for.
+            let _ = transaction.rollback().await;
+            Err(error)
+        }
+    }
+}
+
+async fn write_requests(
+    transaction: &mut sqlx::PgConnection,
+    catalog: &Catalog,
+    requests: &[&AppendRequest],
+) -> Result<Vec<Result<AppendResult>>, sqlx::Error> {
     let mut results = Vec::with_capacity(requests.len());
     for request in requests {
         sqlx::query("SAVEPOINT highwater_request")
@@ -229,7 +247,7 @@ async fn write_with_projections(
         let outcome = match (&result, recorded_at) {
             (Ok(appended), Some(recorded_at)) => {
                 let events = recorded_events(request, appended, recorded_at);
-                catalog::apply_inline(&mut transaction, catalog, &events)
+                catalog::apply_inline(&mut *transaction, catalog, &events)
                     .await
                     .map(|()| *appended)
             }
@@ -255,7 +273,6 @@ async fn write_with_projections(
         }
         results.push(outcome);
     }
-    transaction.commit().await?;
     Ok(results)
 }
 

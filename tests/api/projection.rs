@@ -607,14 +607,13 @@ fn server_process(database_url: &str, port: u16, node: &str) -> std::process::Ch
 async fn wait_serving(endpoint: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(mut admin) = AdminClient::connect(endpoint.to_string()).await {
-            if admin
+        if let Ok(mut admin) = AdminClient::connect(endpoint.to_string()).await
+            && admin
                 .list_projections(pb::ListProjectionsRequest {})
                 .await
                 .is_ok()
-            {
-                return;
-            }
+        {
+            return;
         }
         assert!(Instant::now() < deadline, "{endpoint} did not become ready");
         tokio::time::sleep(Duration::from_millis(100)).await;
