@@ -30,6 +30,8 @@ pub enum Command {
     Serve(ServeConfig),
     /// Apply database migrations and exit.
     Migrate(MigrateConfig),
+    /// Measure a server (started on a fresh database) against raw PostgreSQL, and print a report.
+    Bench(crate::bench::BenchConfig),
 }
 
 #[derive(Debug, Clone, Args)]

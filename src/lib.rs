@@ -1,5 +1,7 @@
 //! Highwater: a gRPC event store on PostgreSQL.
 
+/// `highwater bench`: the load generator and its raw PostgreSQL baseline.
+pub mod bench;
 /// Command line and environment configuration.
 pub mod config;
 /// A private PostgreSQL from the machine's own binaries.

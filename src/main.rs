@@ -18,6 +18,13 @@ async fn main() -> ExitCode {
                 Err(error) => Err(error),
             }
         }
+        Command::Bench(config) => {
+            telemetry::init(&highwater::config::LogConfig {
+                log_level: "warn".into(),
+                log_format: highwater::config::LogFormat::Text,
+            });
+            highwater::bench::run(config).await
+        }
         Command::Migrate(config) => {
             telemetry::init(&config.log);
             server::migrate(&config.database).await

@@ -1,6 +1,7 @@
 //! Integration tests: the real server against real PostgreSQL, one database per test.
 
 mod append;
+mod bench;
 mod embedded;
 mod helpers;
 mod projection;

@@ -1,0 +1,859 @@
+//! `highwater bench`: a load generator that starts a server process on a fresh database and
+//! measures it, and measures raw PostgreSQL on the same machine in the same run, printing
+//! Highwater / raw ratios so the comparison holds on a noisy machine.
+
+mod raw;
+pub mod stats;
+
+use std::{
+    collections::HashMap,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use clap::Args;
+use sqlx::{AssertSqlSafe, Connection, PgConnection, postgres::PgConnectOptions};
+use tokio::task::JoinSet;
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+use crate::{
+    error::{Error, Result},
+    pb::{self, admin_client::AdminClient, event_store_client::EventStoreClient},
+};
+use stats::{Samples, header, row};
+
+/// The example projection, rebuilt by W6.
+const CART_SUMMARY: &str = include_str!("../../examples/projections/cart_summary.toml");
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchConfig {
+    /// PostgreSQL server to measure on. The benchmark creates two databases of its own there
+    /// (one for the server, one for the raw baseline) and drops them at the end.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+
+    /// Seconds each append workload (W1) runs.
+    #[arg(long, default_value_t = 20)]
+    pub duration_secs: u64,
+
+    /// Concurrent clients of the single-event append workloads.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    pub clients: Vec<usize>,
+
+    /// Events in the one stream read by W2.
+    #[arg(long, default_value_t = 10_000)]
+    pub stream_events: u64,
+
+    /// Events in the log scanned by W3 (and rebuilt by W6).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub scan_events: u64,
+
+    /// Live subscribers of W4, and the append rate they follow (events per second).
+    #[arg(long, default_value_t = 100)]
+    pub live_subscribers: usize,
+    #[arg(long, default_value_t = 1000)]
+    pub live_rate: u64,
+
+    /// Idle subscribers of W5, and the seconds they are watched idle.
+    #[arg(long, default_value_t = 1000)]
+    pub idle_subscribers: usize,
+    #[arg(long, default_value_t = 10)]
+    pub idle_secs: u64,
+
+    /// Workloads to run, of w1..w6.
+    #[arg(long, value_delimiter = ',', default_value = "w1,w2,w3,w4,w5,w6")]
+    pub workloads: Vec<String>,
+}
+
+/// A JSON event of about 200 bytes.
+fn payload(i: u64) -> Vec<u8> {
+    let mut text = format!(
+        "{{\"order\":\"order-{i:012}\",\"customer\":\"customer-{:06}\",\"amount\":{}.{:02},\"note\":\"",
+        i % 100_000,
+        i % 997,
+        i % 100
+    );
+    while text.len() < 198 {
+        text.push('x');
+    }
+    text.push_str("\"}");
+    text.into_bytes()
+}
+
+fn event(event_type: &str, data: Vec<u8>) -> pb::ProposedEvent {
+    pb::ProposedEvent {
+        id: Uuid::now_v7().to_string(),
+        r#type: event_type.into(),
+        data: data.into(),
+        content_type: String::new(),
+        metadata: HashMap::new(),
+    }
+}
+
+/// A cart event of about 200 bytes: the first of a cart is always ProductAdded.
+fn cart_event(i: u64) -> pb::ProposedEvent {
+    let padding = "x".repeat(150);
+    match i % 5 {
+        4 => event(
+            "CartCheckedOut",
+            format!("{{\"note\":\"{padding}\"}}").into_bytes(),
+        ),
+        2 => event(
+            "ProductRemoved",
+            format!("{{\"sku\":\"s\",\"quantity\":1,\"note\":\"{padding}\"}}").into_bytes(),
+        ),
+        _ => event(
+            "ProductAdded",
+            format!(
+                "{{\"sku\":\"s{i}\",\"quantity\":{},\"note\":\"{padding}\"}}",
+                1 + i % 4
+            )
+            .into_bytes(),
+        ),
+    }
+}
+
+/// The server under test: the same binary, as its own process.
+struct ServerProcess {
+    child: Child,
+    endpoint: String,
+}
+
+impl ServerProcess {
+    async fn start(database_url: &str) -> Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| Error::Startup(e.to_string()))?
+            .port();
+        let exe = std::env::current_exe().map_err(|e| Error::Startup(e.to_string()))?;
+        let child = Command::new(exe)
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--database-url",
+                database_url,
+            ])
+            .args(["--log-level", "warn"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| Error::Startup(format!("cannot start the server: {e}")))?;
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(mut client) = EventStoreClient::connect(endpoint.clone()).await {
+                let probe = pb::ReadAllRequest {
+                    after_position: 0,
+                    direction: 0,
+                    max_count: 1,
+                };
+                if client.read_all(probe).await.is_ok() {
+                    return Ok(Self { child, endpoint });
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Startup("the server did not become ready".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn client(&self) -> Result<EventStoreClient<Channel>> {
+        Ok(EventStoreClient::connect(self.endpoint.clone())
+            .await
+            .map_err(|e| Error::Unavailable(e.to_string()))?
+            .max_decoding_message_size(64 << 20))
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn stop(mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+fn status(error: tonic::Status) -> Error {
+    Error::Internal(format!("{}: {}", error.code(), error.message()))
+}
+
+fn join_error(error: tokio::task::JoinError) -> Error {
+    Error::Internal(error.to_string())
+}
+
+/// Runs the benchmark and prints the report on standard output (progress on standard error).
+pub async fn run(config: BenchConfig) -> Result<()> {
+    let admin_options: PgConnectOptions = config
+        .database_url
+        .parse()
+        .map_err(|e| Error::Startup(format!("invalid database URL: {e}")))?;
+    let suffix = Uuid::new_v4().simple().to_string()[..8].to_string();
+    let server_db = format!("highwater_bench_{suffix}");
+    let raw_db = format!("highwater_bench_raw_{suffix}");
+    let mut admin = PgConnection::connect_with(&admin_options).await?;
+    for db in [&server_db, &raw_db] {
+        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {db}")))
+            .execute(&mut admin)
+            .await?;
+    }
+    let url_for = |db: &str| {
+        let (base, query) = config
+            .database_url
+            .split_once('?')
+            .map_or((config.database_url.as_str(), None), |(b, q)| (b, Some(q)));
+        let authority = base.find("://").map_or(0, |i| i + 3);
+        let path = base[authority..]
+            .find('/')
+            .map_or(base.len(), |i| authority + i);
+        format!(
+            "{}/{db}{}",
+            &base[..path],
+            query.map(|q| format!("?{q}")).unwrap_or_default()
+        )
+    };
+    let (server_url, raw_url) = (url_for(&server_db), url_for(&raw_db));
+
+    let result = async {
+        let server = ServerProcess::start(&server_url).await?;
+        let raw = raw::prepare(&raw_url).await?;
+        let version: String = sqlx::query_scalar("SHOW server_version")
+            .fetch_one(&raw)
+            .await?;
+        println!(
+            "Highwater benchmark: PostgreSQL {version}, {} cores, {}",
+            num_cpus(),
+            std::env::consts::ARCH
+        );
+        let outcome = workloads(&config, &server, &raw, &raw_url, &server_url).await;
+        raw.close().await;
+        server.stop();
+        outcome
+    }
+    .await;
+
+    for db in [&server_db, &raw_db] {
+        let _ = sqlx::query(AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await;
+    }
+    result
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn progress(message: &str) {
+    eprintln!("[bench] {message}");
+}
+
+async fn workloads(
+    config: &BenchConfig,
+    server: &ServerProcess,
+    raw: &sqlx::PgPool,
+    raw_url: &str,
+    server_url: &str,
+) -> Result<()> {
+    let wants = |name: &str| {
+        config
+            .workloads
+            .iter()
+            .any(|w| w.eq_ignore_ascii_case(name))
+    };
+    let duration = Duration::from_secs(config.duration_secs);
+    let data = payload(0);
+
+    if wants("w1") {
+        header("W1 append: single-event appends with an expected revision, one stream per client");
+        for &clients in &config.clients {
+            progress(&format!(
+                "W1 highwater, {clients} clients, {}s",
+                duration.as_secs()
+            ));
+            let (events, mut samples) = append_load(server, clients, 1, duration).await?;
+            let ours = row(
+                &format!("highwater  C={clients:<3} batch=1"),
+                events,
+                duration,
+                Some(&mut samples),
+                "",
+            );
+            progress(&format!(
+                "W1 raw PostgreSQL, {clients} connections, {}s",
+                duration.as_secs()
+            ));
+            let (events, mut samples) = raw::append(raw_url, clients, 1, duration, &data).await?;
+            let theirs = row(
+                &format!("raw insert C={clients:<3} 1 row/txn"),
+                events,
+                duration,
+                Some(&mut samples),
+                "",
+            );
+            println!("{:<44} ratio highwater/raw = {:.2}", "", ours / theirs);
+        }
+        progress(&format!(
+            "W1 batches of 10, 8 clients, {}s each",
+            duration.as_secs()
+        ));
+        let (events, mut samples) = append_load(server, 8, 10, duration).await?;
+        let ours = row(
+            "highwater  C=8   batch=10",
+            events,
+            duration,
+            Some(&mut samples),
+            "",
+        );
+        let (events, mut samples) = raw::append(raw_url, 8, 10, duration, &data).await?;
+        let theirs = row(
+            "raw insert C=8   10 rows/txn",
+            events,
+            duration,
+            Some(&mut samples),
+            "",
+        );
+        println!("{:<44} ratio highwater/raw = {:.2}", "", ours / theirs);
+    }
+
+    if wants("w2") {
+        header("W2 read one stream");
+        progress(&format!(
+            "W2 writing a stream of {} events",
+            config.stream_events
+        ));
+        let mut client = server.client().await?;
+        let stream = format!("w2-{}", Uuid::new_v4().simple());
+        let mut written = 0;
+        while written < config.stream_events {
+            let n = (config.stream_events - written).min(500);
+            let events = (0..n)
+                .map(|i| event("OrderPlaced", payload(written + i)))
+                .collect();
+            client
+                .append(pb::AppendRequest {
+                    stream: stream.clone(),
+                    expected: None,
+                    events,
+                })
+                .await
+                .map_err(status)?;
+            written += n;
+        }
+        let mut samples = Samples::default();
+        let mut total = Duration::ZERO;
+        for _ in 0..5 {
+            let started = Instant::now();
+            let request = pb::ReadStreamRequest {
+                stream: stream.clone(),
+                from_revision: 0,
+                direction: 0,
+                max_count: 0,
+            };
+            let count = drain_read(
+                client
+                    .read_stream(request)
+                    .await
+                    .map_err(status)?
+                    .into_inner(),
+            )
+            .await?;
+            assert_eq!(count, config.stream_events, "read the whole stream");
+            samples.push(started.elapsed());
+            total += started.elapsed();
+        }
+        row(
+            &format!("ReadStream of {} events (x5)", config.stream_events),
+            config.stream_events * 5,
+            total,
+            Some(&mut samples),
+            "latency = whole read",
+        );
+    }
+
+    if wants("w3") || wants("w6") {
+        progress(&format!(
+            "W3 filling the log to {} cart events, and the raw table",
+            config.scan_events
+        ));
+        fill_log(server, config.scan_events).await?;
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM raw_events")
+            .fetch_one(raw)
+            .await?;
+        if (count as u64) < config.scan_events {
+            raw::fill(raw, config.scan_events - count as u64, &data).await?;
+        }
+    }
+
+    if wants("w3") {
+        header("W3 read the whole log");
+        let mut client = server.client().await?;
+        progress("W3 ReadAll");
+        let started = Instant::now();
+        let request = pb::ReadAllRequest {
+            after_position: 0,
+            direction: 0,
+            max_count: 0,
+        };
+        let read = drain_read(client.read_all(request).await.map_err(status)?.into_inner()).await?;
+        let read_all = row(
+            "highwater ReadAll from 0",
+            read,
+            started.elapsed(),
+            None,
+            "",
+        );
+        progress("W3 catch-up SubscribeAll");
+        let started = Instant::now();
+        let caught = catch_up(&mut client).await?;
+        let subscribe = row(
+            "highwater SubscribeAll catch-up from 0",
+            caught,
+            started.elapsed(),
+            None,
+            "until caught_up",
+        );
+        progress("W3 raw scan");
+        let started = Instant::now();
+        let scanned = raw::scan(raw).await?;
+        let theirs = row(
+            "raw SELECT of the same rows, in order",
+            scanned,
+            started.elapsed(),
+            None,
+            "",
+        );
+        println!(
+            "{:<44} ratio ReadAll/raw = {:.2}, SubscribeAll/raw = {:.2}",
+            "",
+            read_all / theirs,
+            subscribe / theirs
+        );
+    }
+
+    if wants("w4") {
+        header("W4 live latency: Append reply to each subscriber's receipt");
+        progress(&format!(
+            "W4 {} subscribers, {} events/s for {}s",
+            config.live_subscribers,
+            config.live_rate,
+            duration.as_secs()
+        ));
+        let (events, mut samples) =
+            live_latency(server, config.live_subscribers, config.live_rate, duration).await?;
+        row(
+            &format!(
+                "{} subscribers at {}/s",
+                config.live_subscribers, config.live_rate
+            ),
+            events,
+            duration,
+            Some(&mut samples),
+            "events = deliveries",
+        );
+    }
+
+    if wants("w5") {
+        header("W5 idle subscribers");
+        progress(&format!("W5 {} idle subscribers", config.idle_subscribers));
+        idle_subscribers(
+            server,
+            config.idle_subscribers,
+            Duration::from_secs(config.idle_secs),
+            server_url,
+        )
+        .await?;
+    }
+
+    if wants("w6") {
+        header("W6 blue/green rebuild of the example projection (cart_summary)");
+        progress("W6 registering cart_summary and waiting for its first build");
+        let mut admin = AdminClient::connect(server.endpoint.clone())
+            .await
+            .map_err(|e| Error::Unavailable(e.to_string()))?;
+        let register = pb::RegisterProjectionRequest {
+            source: Some(pb::register_projection_request::Source::Toml(
+                CART_SUMMARY.into(),
+            )),
+        };
+        admin.register_projection(register).await.map_err(status)?;
+        wait_built(&mut admin).await?;
+        progress("W6 AdminRebuild (blue/green)");
+        let started = Instant::now();
+        let request = pb::AdminRebuildRequest {
+            projection: "cart_summary".into(),
+            strategy: 0,
+        };
+        let mut stream = admin
+            .admin_rebuild(request)
+            .await
+            .map_err(status)?
+            .into_inner();
+        let mut last = None;
+        while let Some(progress) = stream.message().await.map_err(status)? {
+            last = Some(progress);
+        }
+        let last = last.ok_or_else(|| Error::Internal("no rebuild progress".into()))?;
+        if last.phase() != pb::rebuild_progress::Phase::Done {
+            return Err(Error::Internal(format!(
+                "rebuild ended in {:?}: {}",
+                last.phase(),
+                last.error
+            )));
+        }
+        let mut client = server.client().await?;
+        let head = read_all_last(&mut client).await?;
+        row(
+            "AdminRebuild blue/green, whole log",
+            head,
+            started.elapsed(),
+            None,
+            "events = log scanned",
+        );
+    }
+    Ok(())
+}
+
+async fn append_load(
+    server: &ServerProcess,
+    clients: usize,
+    batch: usize,
+    duration: Duration,
+) -> Result<(u64, Samples)> {
+    let deadline = Instant::now() + duration;
+    let mut tasks = JoinSet::new();
+    for _ in 0..clients {
+        let mut client = server.client().await?;
+        tasks.spawn(async move {
+            let stream = format!("w1-{}", Uuid::new_v4().simple());
+            let mut samples = Samples::default();
+            let mut revision: Option<u64> = None;
+            let mut i = 0;
+            while Instant::now() < deadline {
+                let events = (0..batch).map(|_| {
+                    i += 1;
+                    event("OrderPlaced", payload(i))
+                });
+                let expected = Some(match revision {
+                    None => pb::append_request::Expected::State(pb::ExpectedState::NoStream as i32),
+                    Some(r) => pb::append_request::Expected::Revision(r),
+                });
+                let started = Instant::now();
+                let response = client
+                    .append(pb::AppendRequest {
+                        stream: stream.clone(),
+                        expected,
+                        events: events.collect(),
+                    })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                samples.push(started.elapsed());
+                revision = Some(response.last_revision);
+            }
+            Ok::<_, Error>((revision.map_or(0, |r| r + 1), samples))
+        });
+    }
+    let mut events = 0;
+    let mut samples = Samples::default();
+    while let Some(done) = tasks.join_next().await {
+        let (written, latencies) = done.map_err(join_error)??;
+        events += written;
+        samples.extend(latencies);
+    }
+    Ok((events, samples))
+}
+
+async fn drain_read(mut stream: tonic::Streaming<pb::ReadResponse>) -> Result<u64> {
+    let mut count = 0;
+    while stream.message().await.map_err(status)?.is_some() {
+        count += 1;
+    }
+    Ok(count)
+}
+
+async fn read_all_last(client: &mut EventStoreClient<Channel>) -> Result<u64> {
+    let request = pb::ReadAllRequest {
+        after_position: u64::MAX,
+        direction: 1,
+        max_count: 1,
+    };
+    let mut stream = client.read_all(request).await.map_err(status)?.into_inner();
+    Ok(stream
+        .message()
+        .await
+        .map_err(status)?
+        .and_then(|m| m.event)
+        .map_or(0, |e| e.position))
+}
+
+/// Appends cart events until the log holds `events`, in requests of 1,000 events from 4 clients.
+async fn fill_log(server: &ServerProcess, events: u64) -> Result<()> {
+    let mut client = server.client().await?;
+    let start = read_all_last(&mut client).await?;
+    let missing = events.saturating_sub(start);
+    let mut tasks = JoinSet::new();
+    for writer in 0..4u64 {
+        let mut client = server.client().await?;
+        let share = missing / 4 + u64::from(writer < missing % 4);
+        tasks.spawn(async move {
+            let mut written = 0;
+            let mut round = 0u64;
+            while written < share {
+                // 100 carts a request, 10 events each, so every cart starts with ProductAdded.
+                for cart in 0..100u64 {
+                    let n = (share - written).min(10);
+                    if n == 0 {
+                        break;
+                    }
+                    let events = (0..n).map(|i| cart_event(round * 10 + i)).collect();
+                    let stream = format!("cart-{writer}-{}-{cart}", round / 50);
+                    client
+                        .append(pb::AppendRequest {
+                            stream,
+                            expected: None,
+                            events,
+                        })
+                        .await
+                        .map_err(status)?;
+                    written += n;
+                }
+                round += 1;
+            }
+            Ok::<_, Error>(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.map_err(join_error)??;
+    }
+    Ok(())
+}
+
+async fn catch_up(client: &mut EventStoreClient<Channel>) -> Result<u64> {
+    let request = pb::SubscribeAllRequest {
+        start: Some(pb::subscribe_all_request::Start::AfterPosition(0)),
+        filter: None,
+        checkpoint_interval: 0,
+    };
+    let mut stream = client
+        .subscribe_all(request)
+        .await
+        .map_err(status)?
+        .into_inner();
+    let mut count = 0;
+    while let Some(message) = stream.message().await.map_err(status)? {
+        match message.content {
+            Some(pb::subscribe_response::Content::Event(_)) => count += 1,
+            Some(pb::subscribe_response::Content::CaughtUp(_)) => return Ok(count),
+            _ => {}
+        }
+    }
+    Err(Error::Internal(
+        "subscription ended before catching up".into(),
+    ))
+}
+
+async fn live_latency(
+    server: &ServerProcess,
+    subscribers: usize,
+    rate: u64,
+    duration: Duration,
+) -> Result<(u64, Samples)> {
+    // When each Append was answered, by event id.
+    let replied: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let mut receivers = JoinSet::new();
+    let channels = subscribers.div_ceil(100).max(1);
+    let mut clients = Vec::new();
+    for _ in 0..channels {
+        clients.push(server.client().await?);
+    }
+    for index in 0..subscribers {
+        let mut client = clients[index % channels].clone();
+        let request = pb::SubscribeAllRequest {
+            start: Some(pb::subscribe_all_request::Start::End(())),
+            filter: None,
+            checkpoint_interval: 0,
+        };
+        let mut stream = client
+            .subscribe_all(request)
+            .await
+            .map_err(status)?
+            .into_inner();
+        // Live before the appends start.
+        while let Some(message) = stream.message().await.map_err(status)? {
+            if matches!(
+                message.content,
+                Some(pb::subscribe_response::Content::CaughtUp(_))
+            ) {
+                break;
+            }
+        }
+        receivers.spawn(async move {
+            let mut received = Vec::new();
+            while let Ok(Some(message)) = stream.message().await {
+                if let Some(pb::subscribe_response::Content::Event(event)) = message.content {
+                    if event.r#type == "Stop" {
+                        break;
+                    }
+                    received.push((event.id, Instant::now()));
+                }
+            }
+            received
+        });
+    }
+    let mut client = server.client().await?;
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let mut ticker = tokio::time::interval(interval);
+    let deadline = Instant::now() + duration;
+    let mut sent = 0u64;
+    while Instant::now() < deadline {
+        ticker.tick().await;
+        let proposed = event("Ping", payload(sent));
+        let id = proposed.id.clone();
+        client
+            .append(pb::AppendRequest {
+                stream: "w4".into(),
+                expected: None,
+                events: vec![proposed],
+            })
+            .await
+            .map_err(status)?;
+        replied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, Instant::now());
+        sent += 1;
+    }
+    client
+        .append(pb::AppendRequest {
+            stream: "w4".into(),
+            expected: None,
+            events: vec![event("Stop", b"{}".to_vec())],
+        })
+        .await
+        .map_err(status)?;
+    let replied = replied.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut samples = Samples::default();
+    let mut deliveries = 0;
+    while let Some(done) = receivers.join_next().await {
+        for (id, at) in done.map_err(join_error)? {
+            if let Some(reply) = replied.get(&id) {
+                // A subscriber may see the event before the appender sees its reply: count 0.
+                samples.push(at.saturating_duration_since(*reply));
+                deliveries += 1;
+            }
+        }
+    }
+    if deliveries != sent * subscribers as u64 {
+        return Err(Error::Internal(format!(
+            "W4: {deliveries} deliveries of {sent} events to {subscribers} subscribers"
+        )));
+    }
+    Ok((deliveries, samples))
+}
+
+async fn idle_subscribers(
+    server: &ServerProcess,
+    count: usize,
+    idle: Duration,
+    server_url: &str,
+) -> Result<()> {
+    let before = server.rss_kib();
+    let channels = count.div_ceil(100).max(1);
+    let mut clients = Vec::new();
+    for _ in 0..channels {
+        clients.push(server.client().await?);
+    }
+    let mut streams = Vec::with_capacity(count);
+    for index in 0..count {
+        let request = pb::SubscribeAllRequest {
+            start: Some(pb::subscribe_all_request::Start::End(())),
+            filter: None,
+            checkpoint_interval: 0,
+        };
+        let mut stream = clients[index % channels]
+            .subscribe_all(request)
+            .await
+            .map_err(status)?
+            .into_inner();
+        while let Some(message) = stream.message().await.map_err(status)? {
+            if matches!(
+                message.content,
+                Some(pb::subscribe_response::Content::CaughtUp(_))
+            ) {
+                break;
+            }
+        }
+        streams.push(stream);
+    }
+    let with_subscribers = server.rss_kib();
+    // Statements run by the server's sessions while everyone is idle, from pg_stat_database.
+    let mut connection = PgConnection::connect(server_url).await?;
+    let transactions = "SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database WHERE datname = current_database()";
+    sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(&mut connection)
+        .await?;
+    let first: i64 = sqlx::query_scalar(transactions)
+        .fetch_one(&mut connection)
+        .await?;
+    tokio::time::sleep(idle).await;
+    sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(&mut connection)
+        .await?;
+    let second: i64 = sqlx::query_scalar(transactions)
+        .fetch_one(&mut connection)
+        .await?;
+    // Our own statements between the two readings: the clear and the second read (and the
+    // statistics are flushed with a delay, so this is a floor).
+    let ours = 2;
+    drop(streams);
+    drop(clients);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = server.rss_kib();
+    println!("{:<44} {}", format!("{count} idle subscribers"), "");
+    println!(
+        "  server resident memory: {:.1} MB before, {:.1} MB with them, {:.1} MB after they left",
+        before as f64 / 1024.0,
+        with_subscribers as f64 / 1024.0,
+        after as f64 / 1024.0
+    );
+    println!(
+        "  database transactions in {}s idle: {}",
+        idle.as_secs(),
+        (second - first - ours).max(0)
+    );
+    Ok(())
+}
+
+async fn wait_built(admin: &mut AdminClient<Channel>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    loop {
+        let info = admin
+            .get_projection(pb::GetProjectionRequest {
+                name: "cart_summary".into(),
+            })
+            .await
+            .map_err(status)?
+            .into_inner();
+        if info.active_version >= 1 && info.building_version == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Internal("the projection was not built".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,51 @@
+//! The benchmark runs end to end (tiny sizes: this checks that it works, not how fast).
+
+use crate::helpers::admin_url;
+
+#[test]
+fn the_benchmark_runs_every_workload_and_prints_its_report() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_highwater"))
+        .args([
+            "bench",
+            "--database-url",
+            admin_url(),
+            "--duration-secs",
+            "1",
+            "--clients",
+            "1,4",
+        ])
+        .args([
+            "--stream-events",
+            "600",
+            "--scan-events",
+            "3000",
+            "--live-subscribers",
+            "5",
+            "--live-rate",
+            "50",
+        ])
+        .args(["--idle-subscribers", "20", "--idle-secs", "1"])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run highwater bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed:\n{stdout}\n{stderr}");
+    for expected in [
+        "W1 append",
+        "highwater  C=4   batch=1",
+        "raw insert C=4   1 row/txn",
+        "ratio highwater/raw",
+        "ReadStream of 600 events",
+        "ratio ReadAll/raw",
+        "5 subscribers at 50/s",
+        "20 idle subscribers",
+        "database transactions in 1s idle",
+        "AdminRebuild blue/green, whole log",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+}
