@@ -823,7 +823,7 @@ async fn idle_subscribers(
     drop(clients);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = server.rss_kib();
-    println!("{:<44} {}", format!("{count} idle subscribers"), "");
+    println!("{count} idle subscribers");
     println!(
         "  server resident memory: {:.1} MB before, {:.1} MB with them, {:.1} MB after they left",
         before as f64 / 1024.0,

@@ -209,9 +209,31 @@ pub fn is_identifier(name: &str) -> bool {
 
 /// Replaces `{{table}}` and the named parameters (`$stream`, `$data`...) with positional ones.
 pub fn translate(sql: &str, table: &str) -> std::result::Result<Handler, String> {
-    let sql = sql.replace("{{table}}", table);
-    let mut out = String::with_capacity(sql.len() + 32);
     let mut params: Vec<Param> = Vec::new();
+    let sql = substitute(sql, table, |param| {
+        let index = match params.iter().position(|p| *p == param) {
+            Some(index) => index,
+            None => {
+                params.push(param);
+                params.len() - 1
+            }
+        };
+        param.expression(index + 1)
+    })?;
+    Ok(Handler { sql, params })
+}
+
+/// Replaces `{{table}}`, and each named parameter with what `replace` gives for it.
+fn substitute(
+    sql: &str,
+    table: &str,
+    mut replace: impl FnMut(Param) -> String,
+) -> std::result::Result<String, String> {
+    let sql = sql.replace("{{table}}", table);
+    if sql.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    let mut out = String::with_capacity(sql.len() + 32);
     let mut rest = sql.as_str();
     while let Some(at) = rest.find('$') {
         out.push_str(&rest[..at]);
@@ -226,16 +248,7 @@ pub fn translate(sql: &str, table: &str) -> std::result::Result<Handler, String>
             ));
         }
         match Param::from_name(name) {
-            Some(param) => {
-                let index = match params.iter().position(|p| *p == param) {
-                    Some(index) => index,
-                    None => {
-                        params.push(param);
-                        params.len() - 1
-                    }
-                };
-                out.push_str(&param.expression(index + 1));
-            }
+            Some(param) => out.push_str(&replace(param)),
             None if name.is_empty() => out.push('$'),
             None => {
                 return Err(format!(
@@ -246,10 +259,112 @@ pub fn translate(sql: &str, table: &str) -> std::result::Result<Handler, String>
         rest = &after[name_len..];
     }
     out.push_str(rest);
-    if sql.trim().is_empty() {
-        return Err("must not be empty".into());
+    Ok(out)
+}
+
+/// The dollar-quote tag of generated apply functions; handlers may not contain it.
+const BODY_TAG: &str = "$highwater_apply$";
+
+impl Definition {
+    /// The generated function that applies a range of the log to `version` inside PostgreSQL.
+    pub fn apply_function(&self, version: i32) -> String {
+        format!("{SCHEMA}.highwater_apply_{}_v{version}", self.name)
     }
-    Ok(Handler { sql: out, params })
+
+    /// `CREATE OR REPLACE FUNCTION` for the version's apply function: it walks the events in
+    /// (`p_after`, `p_upto`] with a handler, at most `p_limit`, and runs each handler as static
+    /// SQL (planned once per session, no round trip per event). It returns one `failed` row per
+    /// failing event (with `p_collect`, each event in its own subtransaction; without, the first
+    /// failure undoes the call), then a `done` row with the count and the last position.
+    pub fn apply_function_sql(&self, version: i32) -> std::result::Result<String, String> {
+        let table = self.table(version);
+        let mut cases = String::new();
+        for (event_type, sql) in &self.handlers {
+            if sql.contains(BODY_TAG) {
+                return Err(format!("handler {event_type} contains {BODY_TAG}"));
+            }
+            let statement = substitute(sql, &table, |param| {
+                match param {
+                    Param::Stream => "ev.stream",
+                    Param::Data => "ev_data",
+                    Param::Metadata => "ev.metadata",
+                    Param::Position => "ev.position",
+                    Param::Revision => "ev.revision",
+                    Param::Type => "ev.type",
+                    Param::RecordedAt => "ev.recorded_at",
+                    Param::Id => "ev.id",
+                }
+                .to_string()
+            })?;
+            let statement = statement.trim().trim_end_matches(';');
+            cases.push_str(&format!(
+                "            WHEN {} THEN
+{statement};
+",
+                quote_literal(event_type)
+            ));
+        }
+        let types = self
+            .handlers
+            .keys()
+            .map(|t| quote_literal(t))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let apply = format!(
+            "ev_data := CASE WHEN lower(trim(split_part(ev.content_type, ';', 1))) = 'application/json'
+                                  OR lower(trim(split_part(ev.content_type, ';', 1))) LIKE '%/%+json'
+                             THEN convert_from(ev.data, 'UTF8')::jsonb END;
+            CASE ev.type
+{cases}            END CASE;"
+        );
+        Ok(format!(
+            "CREATE OR REPLACE FUNCTION {function}(p_after bigint, p_upto bigint, p_limit integer, p_collect boolean)
+RETURNS TABLE (r_kind text, r_count integer, r_position bigint, r_type text, r_message text)
+LANGUAGE plpgsql AS {BODY_TAG}
+DECLARE
+    ev      record;
+    ev_data jsonb;
+    ev_type text;
+    applied integer := 0;
+    last    bigint := p_after;
+BEGIN
+    BEGIN
+        FOR ev IN SELECT e.position, e.stream, e.revision, e.id, e.type, e.data, e.content_type,
+                         e.metadata, e.recorded_at
+                    FROM public.events e
+                   WHERE e.position > p_after AND e.position <= p_upto AND e.type IN ({types})
+                   ORDER BY e.position LIMIT p_limit
+        LOOP
+            last := ev.position;
+            ev_type := ev.type;
+            IF p_collect THEN
+                BEGIN
+                    {apply}
+                EXCEPTION WHEN OTHERS THEN
+                    r_kind := 'failed'; r_position := ev.position; r_type := ev.type; r_message := SQLERRM;
+                    RETURN NEXT;
+                END;
+            ELSE
+                {apply}
+            END IF;
+            applied := applied + 1;
+        END LOOP;
+    EXCEPTION WHEN OTHERS THEN
+        r_kind := 'failed'; r_position := last; r_type := ev_type; r_message := SQLERRM;
+        RETURN NEXT;
+        RETURN;
+    END;
+    r_kind := 'done'; r_count := applied; r_position := last; r_type := NULL; r_message := NULL;
+    RETURN NEXT;
+END;
+{BODY_TAG}",
+            function = self.apply_function(version),
+        ))
+    }
+}
+
+fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
 }
 
 #[cfg(test)]

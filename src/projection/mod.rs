@@ -190,6 +190,8 @@ impl Projections {
                     && same.definition.mode == definition.mode =>
             {
                 check_handlers(&mut transaction, &definition, definition.version).await?;
+                versions::install_apply_function(&mut transaction, &definition, definition.version)
+                    .await?;
                 sqlx::query(
                     "UPDATE projection_versions
                         SET definition = $3, updated_at = now(),
@@ -231,6 +233,8 @@ impl Projections {
                 .await
                 .map_err(|error| rebuild::setup_error(&definition, &error))?;
                 check_handlers(&mut transaction, &definition, definition.version).await?;
+                versions::install_apply_function(&mut transaction, &definition, definition.version)
+                    .await?;
                 sqlx::query(
                     "INSERT INTO projection_versions (name, version, definition, status) VALUES ($1, $2, $3, 'building')",
                 )

@@ -198,6 +198,7 @@ impl RebuildRun<'_> {
         let (target, strategy) = self.prepare(requested).await?;
         let definition = target.definition.clone();
         let version = target.version;
+        versions::install_apply_function(&mut self.connection, &definition, version).await?;
         info!(
             projection = self.name,
             version,
@@ -325,10 +326,8 @@ impl RebuildRun<'_> {
 
     /// Applies the log in batches, each with its progress and heartbeat, until close to the head.
     async fn backfill(&mut self, definition: &Definition, version: i32) -> Result<()> {
-        let types: Vec<String> = definition.handlers.keys().cloned().collect();
-        let handlers = definition.handlers_for(version)?;
         let batch_size = self.projections.settings.batch_size;
-        let mut applied_since_start = 0u64;
+        let mut scanned_since_start = 0u64;
         self.progress.send_modify(|p| {
             p.phase = Phase::Backfilling;
             p.version = version;
@@ -337,31 +336,20 @@ impl RebuildRun<'_> {
             let mut transaction = self.connection.begin().await?;
             let head = versions::head(&mut transaction).await?;
             let row = versions::lock_version(&mut transaction, self.name, version).await?;
-            let events = versions::events_between(
-                &mut transaction,
-                row.applied_position,
-                head,
-                &types,
-                batch_size,
-            )
-            .await?;
-            let full = events.len() as i64 == batch_size;
-            let applied = if full {
-                events.last().map_or(head, |e| e.position)
-            } else {
-                head
-            };
-            apply_events(
+            let done = apply_range(
                 &mut transaction,
                 self.name,
                 definition,
                 version,
-                &handlers,
-                &events,
+                row.applied_position,
+                head,
+                batch_size,
             )
             .await?;
-            applied_since_start += events.len() as u64;
-            let rate = applied_since_start as f64 / self.started.elapsed().as_secs_f64().max(0.001);
+            let full = done.count as i64 == batch_size;
+            let applied = if full { done.last } else { head };
+            scanned_since_start += applied - row.applied_position;
+            let rate = scanned_since_start as f64 / self.started.elapsed().as_secs_f64().max(0.001);
             sqlx::query(
                 "UPDATE projection_versions
                     SET applied_position = $3, rebuild_head = $4, heartbeat_at = now(), events_per_second = $5,
@@ -376,7 +364,6 @@ impl RebuildRun<'_> {
             .execute(&mut *transaction)
             .await?;
             transaction.commit().await?;
-            let close = !full && head.saturating_sub(applied) <= CUT_OVER_DISTANCE;
             self.progress.send_modify(|p| {
                 p.position = applied;
                 p.head = head;
@@ -385,7 +372,7 @@ impl RebuildRun<'_> {
                     p.phase = Phase::CatchingUp;
                 }
             });
-            if close {
+            if !full && head.saturating_sub(applied) <= CUT_OVER_DISTANCE {
                 return Ok(());
             }
             if let Some(pause) = self.projections.settings.batch_pause {
@@ -402,26 +389,17 @@ impl RebuildRun<'_> {
         strategy: Strategy,
     ) -> Result<()> {
         self.progress.send_modify(|p| p.phase = Phase::CuttingOver);
-        let types: Vec<String> = definition.handlers.keys().cloned().collect();
-        let handlers = definition.handlers_for(version)?;
         let mut transaction = self.connection.begin().await?;
         let head = versions::lock_head(&mut transaction).await?;
         let row = versions::lock_version(&mut transaction, self.name, version).await?;
-        let events = versions::events_between(
-            &mut transaction,
-            row.applied_position,
-            head,
-            &types,
-            i64::MAX,
-        )
-        .await?;
-        apply_events(
+        apply_range(
             &mut transaction,
             self.name,
             definition,
             version,
-            &handlers,
-            &events,
+            row.applied_position,
+            head,
+            i64::from(i32::MAX),
         )
         .await?;
         if strategy == Strategy::BlueGreen {
@@ -586,6 +564,34 @@ async fn apply_events(
                 .collect();
             apply::record_messages(connection, name, version, "dead_letter", &dead).await?;
             Ok(())
+        }
+        Err(failure) => Err(Error::FailedPrecondition(failure.describe(name))),
+    }
+}
+
+/// Applies a range of the log inside PostgreSQL (the version's apply function); with
+/// `on_error = "skip"` failures become dead letters, otherwise the first one fails the rebuild.
+async fn apply_range(
+    connection: &mut PgConnection,
+    name: &str,
+    definition: &Definition,
+    version: i32,
+    after: u64,
+    upto: u64,
+    limit: i64,
+) -> Result<versions::Applied> {
+    let collect = definition.on_error == OnError::Skip;
+    match versions::apply_range(connection, definition, version, after, upto, limit, collect)
+        .await?
+    {
+        Ok(applied) => {
+            let dead: Vec<(u64, String)> = applied
+                .failures
+                .iter()
+                .map(|f| (f.position, f.message.clone()))
+                .collect();
+            apply::record_messages(connection, name, version, "dead_letter", &dead).await?;
+            Ok(applied)
         }
         Err(failure) => Err(Error::FailedPrecondition(failure.describe(name))),
     }

@@ -9,8 +9,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::{
-    Projections,
-    apply::{self, Failures},
+    Projections, apply,
     definition::OnError,
     keys,
     rebuild::{self, Strategy},
@@ -111,6 +110,15 @@ impl Projections {
             return Ok(false);
         }
         info!(projection = name, node = %self.node, "leading async projection");
+        if let Some((Some(active), _)) = versions::projection(&mut connection, name).await? {
+            let row = versions::versions(&mut connection, name)
+                .await?
+                .into_iter()
+                .find(|v| v.version == active);
+            if let Some(row) = row {
+                versions::install_apply_function(&mut connection, &row.definition, active).await?;
+            }
+        }
         loop {
             match self.async_batch(&mut connection, name).await? {
                 BatchOutcome::Applied => continue,
@@ -151,37 +159,35 @@ impl Projections {
                 return Ok(BatchOutcome::Idle); // an in-place rebuild owns it, or it failed
             }
             let head = versions::head(&mut transaction).await?;
-            let types: Vec<String> = row.definition.handlers.keys().cloned().collect();
-            let batch_size = self.settings.batch_size;
-            let events = versions::events_between(
-                &mut transaction,
-                row.applied_position,
-                head,
-                &types,
-                batch_size,
-            )
-            .await?;
-            let full = events.len() as i64 == batch_size;
-            let applied = if full {
-                events.last().map_or(head, |e| e.position)
-            } else {
-                head
-            };
-            if applied == row.applied_position {
+            if head <= row.applied_position {
                 transaction.rollback().await?;
                 return Ok(BatchOutcome::Idle);
             }
-            let handlers = row.definition.handlers_for(active)?;
+            let batch_size = self.settings.batch_size;
             let last_attempt = attempt + 1 >= ATTEMPTS;
-            let mode = if last_attempt && row.definition.on_error == OnError::Skip {
-                Failures::Collect
-            } else {
-                Failures::Abort
-            };
-            match apply::apply_batch(&mut transaction, &handlers, &events, mode).await {
-                Ok(dead) => {
-                    let dead: Vec<(u64, String)> =
-                        dead.into_iter().map(|f| (f.position, f.message)).collect();
+            let collect = last_attempt && row.definition.on_error == OnError::Skip;
+            let outcome = versions::apply_range(
+                &mut transaction,
+                &row.definition,
+                active,
+                row.applied_position,
+                head,
+                batch_size,
+                collect,
+            )
+            .await?;
+            match outcome {
+                Ok(done) => {
+                    let applied = if done.count as i64 == batch_size {
+                        done.last
+                    } else {
+                        head
+                    };
+                    let dead: Vec<(u64, String)> = done
+                        .failures
+                        .into_iter()
+                        .map(|f| (f.position, f.message))
+                        .collect();
                     apply::record_messages(&mut transaction, name, active, "dead_letter", &dead)
                         .await?;
                     sqlx::query(
