@@ -600,7 +600,8 @@ async fn read_all_last(client: &mut EventStoreClient<Channel>) -> Result<u64> {
         .map_or(0, |e| e.position))
 }
 
-/// Appends cart events until the log holds `events`, in requests of 1,000 events from 4 clients.
+/// Appends cart events until the log holds `events`: requests of 100 events (one cart each, its
+/// first event a ProductAdded) from 4 clients.
 async fn fill_log(server: &ServerProcess, events: u64) -> Result<()> {
     let mut client = server.client().await?;
     let start = read_all_last(&mut client).await?;
@@ -611,27 +612,21 @@ async fn fill_log(server: &ServerProcess, events: u64) -> Result<()> {
         let share = missing / 4 + u64::from(writer < missing % 4);
         tasks.spawn(async move {
             let mut written = 0;
-            let mut round = 0u64;
+            let mut cart = 0u64;
             while written < share {
-                // 100 carts a request, 10 events each, so every cart starts with ProductAdded.
-                for cart in 0..100u64 {
-                    let n = (share - written).min(10);
-                    if n == 0 {
-                        break;
-                    }
-                    let events = (0..n).map(|i| cart_event(round * 10 + i)).collect();
-                    let stream = format!("cart-{writer}-{}-{cart}", round / 50);
-                    client
-                        .append(pb::AppendRequest {
-                            stream,
-                            expected: None,
-                            events,
-                        })
-                        .await
-                        .map_err(status)?;
-                    written += n;
-                }
-                round += 1;
+                let n = (share - written).min(100);
+                let events = (0..n).map(cart_event).collect();
+                let stream = format!("cart-{writer}-{cart}");
+                client
+                    .append(pb::AppendRequest {
+                        stream,
+                        expected: None,
+                        events,
+                    })
+                    .await
+                    .map_err(status)?;
+                written += n;
+                cart += 1;
             }
             Ok::<_, Error>(())
         });

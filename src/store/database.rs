@@ -22,6 +22,10 @@ pub async fn connect(options: &PgConnectOptions, pool_size: u32) -> Result<PgPoo
     let pool = PgPoolOptions::new()
         .max_connections(pool_size)
         .acquire_timeout(ACQUIRE_TIMEOUT)
+        // A ping before every acquire is a round trip on every append group; a dead connection
+        // fails its statement instead (connection errors are UNAVAILABLE, and retried by
+        // clients), and the health watcher pings on its own.
+        .test_before_acquire(false)
         .connect_with(options.clone())
         .await?;
     Ok(pool)

@@ -110,6 +110,11 @@ async fn run(pool: PgPool, mut queue: mpsc::Receiver<Command>) {
             next = queue.try_recv().ok();
         }
         if !group.is_empty() {
+            debug!(
+                requests = group.len(),
+                bytes = group_bytes,
+                "writing a group"
+            );
             write_group(&pool, &mut catalog, group).await;
         }
     }

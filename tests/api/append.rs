@@ -483,3 +483,40 @@ async fn two_servers_on_one_database_share_one_dense_order() {
         .collect();
     assert_eq!(common, (0..400).collect::<Vec<_>>());
 }
+
+/// Two requests of one group carrying the same events (a retry racing its original): the second
+/// is a replay of the first, written once. Called on the group function directly, since which
+/// requests share a group is up to timing.
+#[tokio::test]
+async fn a_retry_in_the_same_group_as_its_original_is_a_replay() {
+    let app = TestApp::spawn().await;
+    let mut connection = app.database.connect().await;
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    let rows: Vec<(i32, i16, Option<i64>, Option<i64>)> = sqlx::query_as(
+        "SELECT r_request, r_outcome, r_first_position, r_last_position FROM highwater_append(
+             ARRAY['s', 's', 'other'], ARRAY[1, 0, 0]::smallint[], ARRAY[NULL, NULL, NULL]::bigint[],
+             ARRAY[2, 2, 1], ARRAY[$1, $2, $1, $2, $3]::uuid[], ARRAY['E', 'E', 'E', 'E', 'E'],
+             ARRAY['\\x7b7d', '\\x7b7d', '\\x7b7d', '\\x7b7d', '\\x7b7d']::bytea[],
+             ARRAY['application/json', 'application/json', 'application/json', 'application/json', 'application/json'],
+             ARRAY['{}', '{}', '{}', '{}', '{}']::jsonb[], 0)",
+    )
+    .bind(a)
+    .bind(b)
+    .bind(Uuid::now_v7())
+    .fetch_all(&mut connection)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        [
+            (1, 0, Some(1), Some(2)),
+            (2, 1, Some(1), Some(2)),
+            (3, 0, Some(3), Some(3))
+        ]
+    );
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(count, 3);
+}
