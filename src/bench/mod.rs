@@ -390,12 +390,8 @@ async fn workloads(
             config.scan_events
         ));
         fill_log(server, config.scan_events).await?;
-        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM raw_events")
-            .fetch_one(raw)
-            .await?;
-        if (count as u64) < config.scan_events {
-            raw::fill(raw, config.scan_events - count as u64, &data).await?;
-        }
+        let mut client = server.client().await?;
+        raw::fill(raw, read_all_last(&mut client).await?, &data).await?;
     }
 
     if wants("w3") {
@@ -454,16 +450,16 @@ async fn workloads(
         ));
         let (events, mut samples) =
             live_latency(server, config.live_subscribers, config.live_rate, duration).await?;
-        row(
-            &format!(
-                "{} subscribers at {}/s",
-                config.live_subscribers, config.live_rate
-            ),
-            events,
-            duration,
-            Some(&mut samples),
-            "events = deliveries",
+        let appended = events / config.live_subscribers.max(1) as u64;
+        let note = format!(
+            "events = deliveries; {appended} appended ({:.0}/s)",
+            appended as f64 / duration.as_secs_f64()
         );
+        let name = format!(
+            "{} subscribers at {}/s",
+            config.live_subscribers, config.live_rate
+        );
+        row(&name, events, duration, Some(&mut samples), &note);
     }
 
     if wants("w5") {
@@ -709,29 +705,46 @@ async fn live_latency(
             received
         });
     }
-    let mut client = server.client().await?;
-    let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
-    let mut ticker = tokio::time::interval(interval);
+    // Four appenders share the rate, so that it holds even when one append takes longer than
+    // the interval between two.
+    const APPENDERS: u64 = 4;
     let deadline = Instant::now() + duration;
-    let mut sent = 0u64;
-    while Instant::now() < deadline {
-        ticker.tick().await;
-        let proposed = event("Ping", payload(sent));
-        let id = proposed.id.clone();
-        client
-            .append(pb::AppendRequest {
-                stream: "w4".into(),
-                expected: None,
-                events: vec![proposed],
-            })
-            .await
-            .map_err(status)?;
-        replied
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, Instant::now());
-        sent += 1;
+    let mut appenders = JoinSet::new();
+    for appender in 0..APPENDERS {
+        let mut client = server.client().await?;
+        let replied = replied.clone();
+        let interval = Duration::from_secs_f64(APPENDERS as f64 / rate.max(1) as f64);
+        appenders.spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut sent = 0u64;
+            while Instant::now() < deadline {
+                ticker.tick().await;
+                let proposed = event("Ping", payload(sent));
+                let id = proposed.id.clone();
+                let stream = format!("w4-{appender}");
+                client
+                    .append(pb::AppendRequest {
+                        stream,
+                        expected: None,
+                        events: vec![proposed],
+                    })
+                    .await
+                    .map_err(status)?;
+                replied
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id, Instant::now());
+                sent += 1;
+            }
+            Ok::<_, Error>(sent)
+        });
     }
+    let mut sent = 0u64;
+    while let Some(done) = appenders.join_next().await {
+        sent += done.map_err(join_error)??;
+    }
+    let mut client = server.client().await?;
     client
         .append(pb::AppendRequest {
             stream: "w4".into(),
@@ -796,6 +809,9 @@ async fn idle_subscribers(
     }
     let with_subscribers = server.rss_kib();
     // Statements run by the server's sessions while everyone is idle, from pg_stat_database.
+    // Statistics reach pg_stat_database with a delay (up to 10 s, PGSTAT_IDLE_INTERVAL): let the
+    // subscriptions' own start-up statements land before the first reading.
+    tokio::time::sleep(Duration::from_secs(11).min(idle + Duration::from_secs(1))).await;
     let mut connection = PgConnection::connect(server_url).await?;
     let transactions = "SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database WHERE datname = current_database()";
     sqlx::query("SELECT pg_stat_clear_snapshot()")

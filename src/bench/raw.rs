@@ -85,11 +85,11 @@ pub async fn append(
     Ok((events, samples))
 }
 
-/// Fills the table to `events` rows of `data` in one statement.
+/// Fills the scan table with `events` rows of `data` in one statement.
 pub async fn fill(pool: &PgPool, events: u64, data: &[u8]) -> Result<()> {
     sqlx::query(
-        "INSERT INTO raw_events (stream, revision, id, type, data, content_type)
-         SELECT 'scan-' || (g % 100), g, gen_random_uuid(), 'OrderPlaced', $2, 'application/json'
+        "INSERT INTO raw_scan (position, stream, revision, id, type, data, content_type)
+         SELECT g, 'scan-' || (g % 100), g, gen_random_uuid(), 'OrderPlaced', $2, 'application/json'
            FROM generate_series(1, $1) AS g",
     )
     .bind(events as i64)
@@ -103,7 +103,7 @@ pub async fn fill(pool: &PgPool, events: u64, data: &[u8]) -> Result<()> {
 pub async fn scan(pool: &PgPool) -> Result<u64> {
     let mut rows = sqlx::query(
         "SELECT position, stream, revision, id, type, data, content_type, metadata::text AS metadata, recorded_at::text AS at
-           FROM raw_events ORDER BY position",
+           FROM raw_scan ORDER BY position",
     )
     .fetch(pool);
     let mut count = 0u64;
