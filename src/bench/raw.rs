@@ -30,6 +30,10 @@ pub async fn prepare(url: &str) -> Result<PgPool> {
         .connect(url)
         .await?;
     sqlx::query(SCHEMA).execute(&pool).await?;
+    // W3 scans a table of its own, exactly as large as the log it is compared with.
+    sqlx::query("CREATE TABLE raw_scan (LIKE raw_events INCLUDING ALL)")
+        .execute(&pool)
+        .await?;
     Ok(pool)
 }
 
