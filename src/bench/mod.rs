@@ -657,6 +657,33 @@ async fn catch_up(client: &mut EventStoreClient<Channel>) -> Result<u64> {
     ))
 }
 
+/// A subscription from the end, returned once it is live (after `caught_up`).
+async fn subscribe_live(
+    client: &mut EventStoreClient<Channel>,
+) -> Result<tonic::Streaming<pb::SubscribeResponse>> {
+    let request = pb::SubscribeAllRequest {
+        start: Some(pb::subscribe_all_request::Start::End(())),
+        filter: None,
+        checkpoint_interval: 0,
+    };
+    let mut stream = client
+        .subscribe_all(request)
+        .await
+        .map_err(status)?
+        .into_inner();
+    while let Some(message) = stream.message().await.map_err(status)? {
+        if matches!(
+            message.content,
+            Some(pb::subscribe_response::Content::CaughtUp(_))
+        ) {
+            return Ok(stream);
+        }
+    }
+    Err(Error::Internal(
+        "subscription ended before going live".into(),
+    ))
+}
+
 async fn live_latency(
     server: &ServerProcess,
     subscribers: usize,
@@ -673,25 +700,8 @@ async fn live_latency(
     }
     for index in 0..subscribers {
         let mut client = clients[index % channels].clone();
-        let request = pb::SubscribeAllRequest {
-            start: Some(pb::subscribe_all_request::Start::End(())),
-            filter: None,
-            checkpoint_interval: 0,
-        };
-        let mut stream = client
-            .subscribe_all(request)
-            .await
-            .map_err(status)?
-            .into_inner();
         // Live before the appends start.
-        while let Some(message) = stream.message().await.map_err(status)? {
-            if matches!(
-                message.content,
-                Some(pb::subscribe_response::Content::CaughtUp(_))
-            ) {
-                break;
-            }
-        }
+        let mut stream = subscribe_live(&mut client).await?;
         receivers.spawn(async move {
             let mut received = Vec::new();
             while let Ok(Some(message)) = stream.message().await {
@@ -787,25 +797,7 @@ async fn idle_subscribers(
     }
     let mut streams = Vec::with_capacity(count);
     for index in 0..count {
-        let request = pb::SubscribeAllRequest {
-            start: Some(pb::subscribe_all_request::Start::End(())),
-            filter: None,
-            checkpoint_interval: 0,
-        };
-        let mut stream = clients[index % channels]
-            .subscribe_all(request)
-            .await
-            .map_err(status)?
-            .into_inner();
-        while let Some(message) = stream.message().await.map_err(status)? {
-            if matches!(
-                message.content,
-                Some(pb::subscribe_response::Content::CaughtUp(_))
-            ) {
-                break;
-            }
-        }
-        streams.push(stream);
+        streams.push(subscribe_live(&mut clients[index % channels]).await?);
     }
     let with_subscribers = server.rss_kib();
     // Statements run by the server's sessions while everyone is idle, from pg_stat_database.

@@ -13,14 +13,6 @@ use tonic_health::pb::{
 
 use crate::helpers::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn highwater() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_highwater"));
     command

@@ -384,3 +384,12 @@ pub fn exact(revision: u64) -> Option<pb::append_request::Expected> {
 pub fn state(state: pb::ExpectedState) -> Option<pb::append_request::Expected> {
     Some(pb::append_request::Expected::State(state as i32))
 }
+
+/// A loopback port free at the time of the call, for server processes started by tests.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -620,14 +620,6 @@ async fn wait_serving(endpoint: &str) {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn a_rebuild_whose_process_is_killed_is_resumed_by_another_process() {
     let database = TestDatabase::new();
