@@ -50,8 +50,11 @@ CREATE TABLE system_messages (
 CREATE INDEX system_messages_pending ON system_messages (projection, kind, position)
     WHERE archived_at IS NULL;
 
--- The append function, now refusing a stale catalog (SQLSTATE HW001) so that no append commits
--- without the inline projections active at its commit.
+-- The append function, replacing 0001's: it refuses a stale projection catalog (SQLSTATE HW001),
+-- so that no append commits without the inline projections active at its commit, returns the
+-- commit time of new events, and is set-based: a group costs a fixed handful of statements
+-- however many requests it holds (stream heads and stored ids are read once, the events inserted
+-- with one statement, the stream heads upserted with one).
 DROP FUNCTION highwater_append(text[], smallint[], bigint[], integer[], uuid[], text[], bytea[], text[], jsonb[]);
 
 CREATE FUNCTION highwater_append(
@@ -75,23 +78,47 @@ CREATE FUNCTION highwater_append(
     r_actual_revision bigint,
     r_conflicting_id  uuid,
     r_recorded_us     bigint
-) LANGUAGE plpgsql AS $fn$
+) LANGUAGE plpgsql
+-- Plans made while the tables were small (or before any ANALYZE) must not stick: a generic plan
+-- cached then would scan the whole events table for the id check on every call.
+SET plan_cache_mode = force_custom_plan
+AS $fn$
 DECLARE
-    head        bigint;
-    start_head  bigint;
-    recorded    timestamptz;
-    first_event integer := 1;
-    last_event  integer;
-    req_stream  text;
-    kind        smallint;
-    current_rev bigint;
-    found_count bigint;
-    same_stream boolean;
-    offsets     bigint;
-    catalog     bigint;
+    head          bigint;
+    start_head    bigint;
+    catalog       bigint;
+    recorded      timestamptz;
+    recorded_us   bigint;
+    -- Stream heads of the group's streams, kept current as requests are accepted.
+    head_streams  text[];
+    head_revs     bigint[];
+    -- Events already stored with one of the group's ids (and, when ids repeat within the group,
+    -- the ones accepted so far), for idempotent replays.
+    known_ids     uuid[];
+    known_streams text[];
+    known_revs    bigint[];
+    known_pos     bigint[];
+    repeats       boolean;
+    -- Accepted events: index into ev_*, position, revision, stream.
+    acc_index     integer[] := '{}';
+    acc_pos       bigint[] := '{}';
+    acc_rev       bigint[] := '{}';
+    acc_stream    text[] := '{}';
+    first_event   integer := 1;
+    last_event    integer;
+    req_stream    text;
+    n             integer;
+    k             integer;
+    hits          integer;
+    same_stream   boolean;
+    in_order      boolean;
+    offset_rev    bigint;
+    conflict      uuid;
+    kind          smallint;
+    current_rev   bigint;
 BEGIN
-    -- Serialise with every other appender until commit. Each later statement of this function
-    -- takes a fresh snapshot, so it sees everything committed before the lock was granted.
+    -- Serialise with every other appender until commit. Each later statement takes a fresh
+    -- snapshot, so it sees everything committed before the lock was granted.
     SELECT l.position, l.catalog_version INTO head, catalog FROM log_head l WHERE l.singleton FOR UPDATE;
     IF catalog <> expected_catalog THEN
         RAISE EXCEPTION 'projection catalog changed: expected %, now %', expected_catalog, catalog
@@ -99,72 +126,93 @@ BEGIN
     END IF;
     start_head := head;
     recorded := clock_timestamp();
+    recorded_us := (extract(epoch FROM recorded) * 1000000)::bigint;
+
+    SELECT coalesce(array_agg(s.stream), '{}'), coalesce(array_agg(s.revision), '{}')
+      INTO head_streams, head_revs
+      FROM streams s WHERE s.stream = ANY (req_streams);
+    SELECT coalesce(array_agg(e.id), '{}'), coalesce(array_agg(e.stream), '{}'),
+           coalesce(array_agg(e.revision), '{}'), coalesce(array_agg(e.position), '{}')
+      INTO known_ids, known_streams, known_revs, known_pos
+      FROM events e WHERE e.id = ANY (ev_ids);
+    SELECT count(DISTINCT u.id) <> count(*) INTO repeats FROM unnest(ev_ids) AS u(id);
 
     FOR i IN 1 .. coalesce(array_length(req_streams, 1), 0) LOOP
         req_stream := req_streams[i];
-        last_event := first_event + req_counts[i] - 1;
+        n := req_counts[i];
+        last_event := first_event + n - 1;
         r_request := i;
         r_outcome := NULL;
         r_first_revision := NULL; r_last_revision := NULL;
         r_first_position := NULL; r_last_position := NULL;
         r_actual_revision := NULL; r_conflicting_id := NULL; r_recorded_us := NULL;
 
-        -- Idempotency: are any of these ids stored already?
-        SELECT count(e.id),
-               bool_and(e.stream = req_stream),
-               count(DISTINCT e.revision - u.ord),
-               min(e.revision), max(e.revision), min(e.position), max(e.position),
-               (array_agg(u.id ORDER BY u.ord) FILTER (WHERE e.id IS NOT NULL))[1]
-          INTO found_count, same_stream, offsets,
-               r_first_revision, r_last_revision, r_first_position, r_last_position,
-               r_conflicting_id
-          FROM unnest(ev_ids[first_event:last_event]) WITH ORDINALITY AS u(id, ord)
-          LEFT JOIN events e ON e.id = u.id;
+        -- Idempotency: are any of these ids stored (or accepted earlier in this group)?
+        hits := 0; same_stream := true; in_order := true; conflict := NULL;
+        IF cardinality(known_ids) > 0 THEN
+            FOR j IN first_event .. last_event LOOP
+                k := array_position(known_ids, ev_ids[j]);
+                IF k IS NOT NULL THEN
+                    hits := hits + 1;
+                    conflict := coalesce(conflict, ev_ids[j]);
+                    same_stream := same_stream AND known_streams[k] = req_stream;
+                    IF hits = 1 THEN
+                        offset_rev := known_revs[k] - (j - first_event);
+                        r_first_revision := known_revs[k];
+                        r_first_position := known_pos[k];
+                    ELSIF known_revs[k] <> offset_rev + (j - first_event) THEN
+                        in_order := false;
+                    END IF;
+                    r_last_revision := known_revs[k];
+                    r_last_position := known_pos[k];
+                END IF;
+            END LOOP;
+        END IF;
 
-        IF found_count > 0 THEN
-            IF found_count = req_counts[i] AND same_stream AND offsets = 1 THEN
+        IF hits > 0 THEN
+            IF hits = n AND same_stream AND in_order THEN
                 r_outcome := 1;
-                r_conflicting_id := NULL;
             ELSE
                 r_outcome := 3;
+                r_conflicting_id := conflict;
                 r_first_revision := NULL; r_last_revision := NULL;
                 r_first_position := NULL; r_last_position := NULL;
             END IF;
         ELSE
-            r_conflicting_id := NULL;
-            SELECT s.revision INTO current_rev FROM streams s WHERE s.stream = req_stream;
+            k := array_position(head_streams, req_stream);
+            current_rev := CASE WHEN k IS NULL THEN NULL ELSE head_revs[k] END;
             kind := req_expected_kinds[i];
             IF (kind = 1 AND current_rev IS NOT NULL)
                OR (kind = 2 AND current_rev IS NULL)
                OR (kind = 3 AND current_rev IS DISTINCT FROM req_expected_revisions[i]) THEN
                 r_outcome := 2;
-                r_first_revision := NULL; r_last_revision := NULL;
-                r_first_position := NULL; r_last_position := NULL;
                 r_actual_revision := current_rev;
             ELSE
-                INSERT INTO events (position, stream, revision, id, type, data, content_type,
-                                    metadata, recorded_at)
-                SELECT head + u.ord, req_stream, coalesce(current_rev, -1) + u.ord, u.id, u.type,
-                       u.data, u.content_type, u.metadata, recorded
-                  FROM unnest(ev_ids[first_event:last_event], ev_types[first_event:last_event],
-                              ev_data[first_event:last_event],
-                              ev_content_types[first_event:last_event],
-                              ev_metadata[first_event:last_event])
-                       WITH ORDINALITY AS u(id, type, data, content_type, metadata, ord);
-
                 r_outcome := 0;
-                r_recorded_us := (extract(epoch FROM recorded) * 1000000)::bigint;
+                r_recorded_us := recorded_us;
                 r_first_revision := coalesce(current_rev, -1) + 1;
-                r_last_revision := coalesce(current_rev, -1) + req_counts[i];
+                r_last_revision := coalesce(current_rev, -1) + n;
                 r_first_position := head + 1;
-                r_last_position := head + req_counts[i];
-                head := head + req_counts[i];
-
-                INSERT INTO streams AS s (stream, revision, position)
-                VALUES (req_stream, r_last_revision, r_last_position)
-                ON CONFLICT (stream) DO UPDATE
-                   SET revision = EXCLUDED.revision, position = EXCLUDED.position,
-                       updated_at = now();
+                r_last_position := head + n;
+                FOR j IN first_event .. last_event LOOP
+                    acc_index := acc_index || j;
+                    acc_pos := acc_pos || (head + 1 + j - first_event);
+                    acc_rev := acc_rev || (r_first_revision + j - first_event);
+                    acc_stream := acc_stream || req_stream;
+                    IF repeats THEN
+                        known_ids := known_ids || ev_ids[j];
+                        known_streams := known_streams || req_stream;
+                        known_revs := known_revs || (r_first_revision + j - first_event);
+                        known_pos := known_pos || (head + 1 + j - first_event);
+                    END IF;
+                END LOOP;
+                head := head + n;
+                IF k IS NULL THEN
+                    head_streams := head_streams || req_stream;
+                    head_revs := head_revs || r_last_revision;
+                ELSE
+                    head_revs[k] := r_last_revision;
+                END IF;
             END IF;
         END IF;
 
@@ -173,6 +221,22 @@ BEGIN
     END LOOP;
 
     IF head > start_head THEN
+        INSERT INTO events (position, stream, revision, id, type, data, content_type, metadata,
+                            recorded_at)
+        SELECT a.pos, a.stream, a.rev, u.id, u.type, u.data, u.content_type, u.metadata, recorded
+          FROM unnest(acc_index, acc_pos, acc_rev, acc_stream) AS a(idx, pos, rev, stream)
+          JOIN unnest(ev_ids, ev_types, ev_data, ev_content_types, ev_metadata)
+               WITH ORDINALITY AS u(id, type, data, content_type, metadata, ord)
+            ON u.ord = a.idx
+         ORDER BY a.pos;
+
+        INSERT INTO streams AS s (stream, revision, position)
+        SELECT DISTINCT ON (a.stream) a.stream, a.rev, a.pos
+          FROM unnest(acc_stream, acc_rev, acc_pos) AS a(stream, rev, pos)
+         ORDER BY a.stream, a.pos DESC
+        ON CONFLICT (stream) DO UPDATE
+           SET revision = EXCLUDED.revision, position = EXCLUDED.position, updated_at = now();
+
         UPDATE log_head SET position = head WHERE singleton;
         -- Delivered at commit, in commit order: subscribers wake up and read past their position.
         PERFORM pg_notify('highwater_appended', head::text);
