@@ -311,12 +311,13 @@ async fn a_durable_subscription_resumes_after_its_saved_checkpoint() {
         reached(12),
     )
     .await;
+    let save = |position| pb::SaveCheckpointRequest {
+        subscription: "projector".into(),
+        position,
+    };
     let saved = app
         .client
-        .save_checkpoint(pb::SaveCheckpointRequest {
-            subscription: "projector".into(),
-            position: 12,
-        })
+        .save_checkpoint(save(12))
         .await
         .unwrap()
         .into_inner();
@@ -324,23 +325,13 @@ async fn a_durable_subscription_resumes_after_its_saved_checkpoint() {
     // Never backwards.
     let older = app
         .client
-        .save_checkpoint(pb::SaveCheckpointRequest {
-            subscription: "projector".into(),
-            position: 5,
-        })
+        .save_checkpoint(save(5))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(older.position, 12);
     // Not beyond the log.
-    let status = app
-        .client
-        .save_checkpoint(pb::SaveCheckpointRequest {
-            subscription: "projector".into(),
-            position: 1000,
-        })
-        .await
-        .unwrap_err();
+    let status = app.client.save_checkpoint(save(1000)).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     drop(stream);
 
