@@ -15,7 +15,10 @@ use crate::{
     embedded_pg::EmbeddedPostgres,
     error::{Error, Result},
     grpc::{Core, ReadyCore, admin::AdminService, event_store::EventStoreService},
-    pb::{self, admin_server::AdminServer, event_store_server::EventStoreServer},
+    pb::{
+        self, admin_service_server::AdminServiceServer,
+        event_store_service_server::EventStoreServiceServer,
+    },
     projection::Projections,
     shutdown::stopped,
     store::{Store, database},
@@ -24,7 +27,7 @@ use crate::{
 use std::sync::Arc;
 
 /// The fully qualified name health reports for the event store service.
-pub const EVENT_STORE_SERVICE: &str = "highwater.v1.EventStore";
+pub const EVENT_STORE_SERVICE: &str = "highwater.v1.EventStoreService";
 /// How often the database is checked for health once the server is ready.
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// How long one health check may take before the database counts as unreachable.
@@ -147,8 +150,8 @@ impl Application {
         let ready_core = ReadyCore::default();
         // Room for a maximal append plus protobuf framing; larger messages never reach validation.
         let max_message = config.max_append_bytes.saturating_add(1024 * 1024);
-        let admin = AdminServer::new(AdminService::new(ready_core.clone()));
-        let event_store = EventStoreServer::new(EventStoreService::new(ready_core.clone()))
+        let admin = AdminServiceServer::new(AdminService::new(ready_core.clone()));
+        let event_store = EventStoreServiceServer::new(EventStoreService::new(ready_core.clone()))
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(
                 config

@@ -20,7 +20,10 @@ use uuid::Uuid;
 
 use crate::{
     error::{Error, Result},
-    pb::{self, admin_client::AdminClient, event_store_client::EventStoreClient},
+    pb::{
+        self, admin_service_client::AdminServiceClient,
+        event_store_service_client::EventStoreServiceClient,
+    },
 };
 use stats::{Samples, header, row};
 
@@ -144,7 +147,7 @@ impl ServerProcess {
         let endpoint = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(mut client) = EventStoreClient::connect(endpoint.clone()).await {
+            if let Ok(mut client) = EventStoreServiceClient::connect(endpoint.clone()).await {
                 let probe = pb::ReadAllRequest {
                     after_position: 0,
                     direction: 0,
@@ -161,8 +164,8 @@ impl ServerProcess {
         }
     }
 
-    async fn client(&self) -> Result<EventStoreClient<Channel>> {
-        Ok(EventStoreClient::connect(self.endpoint.clone())
+    async fn client(&self) -> Result<EventStoreServiceClient<Channel>> {
+        Ok(EventStoreServiceClient::connect(self.endpoint.clone())
             .await
             .map_err(|e| Error::Unavailable(e.to_string()))?
             .max_decoding_message_size(64 << 20))
@@ -477,7 +480,7 @@ async fn workloads(
     if wants("w6") {
         header("W6 blue/green rebuild of the example projection (cart_summary)");
         progress("W6 registering cart_summary and waiting for its first build");
-        let mut admin = AdminClient::connect(server.endpoint.clone())
+        let mut admin = AdminServiceClient::connect(server.endpoint.clone())
             .await
             .map_err(|e| Error::Unavailable(e.to_string()))?;
         let register = pb::RegisterProjectionRequest {
@@ -503,6 +506,7 @@ async fn workloads(
             last = Some(progress);
         }
         let last = last.ok_or_else(|| Error::Internal("no rebuild progress".into()))?;
+        let last = last.progress.unwrap_or_default();
         if last.phase() != pb::rebuild_progress::Phase::Done {
             return Err(Error::Internal(format!(
                 "rebuild ended in {:?}: {}",
@@ -573,7 +577,7 @@ async fn append_load(
     Ok((events, samples))
 }
 
-async fn drain_read(mut stream: tonic::Streaming<pb::ReadResponse>) -> Result<u64> {
+async fn drain_read<T>(mut stream: tonic::Streaming<T>) -> Result<u64> {
     let mut count = 0;
     while stream.message().await.map_err(status)?.is_some() {
         count += 1;
@@ -581,10 +585,10 @@ async fn drain_read(mut stream: tonic::Streaming<pb::ReadResponse>) -> Result<u6
     Ok(count)
 }
 
-async fn read_all_last(client: &mut EventStoreClient<Channel>) -> Result<u64> {
+async fn read_all_last(client: &mut EventStoreServiceClient<Channel>) -> Result<u64> {
     let request = pb::ReadAllRequest {
         after_position: u64::MAX,
-        direction: 1,
+        direction: pb::Direction::Backwards as i32,
         max_count: 1,
     };
     let mut stream = client.read_all(request).await.map_err(status)?.into_inner();
@@ -633,7 +637,7 @@ async fn fill_log(server: &ServerProcess, events: u64) -> Result<()> {
     Ok(())
 }
 
-async fn catch_up(client: &mut EventStoreClient<Channel>) -> Result<u64> {
+async fn catch_up(client: &mut EventStoreServiceClient<Channel>) -> Result<u64> {
     let request = pb::SubscribeAllRequest {
         start: Some(pb::subscribe_all_request::Start::AfterPosition(0)),
         filter: None,
@@ -647,8 +651,8 @@ async fn catch_up(client: &mut EventStoreClient<Channel>) -> Result<u64> {
     let mut count = 0;
     while let Some(message) = stream.message().await.map_err(status)? {
         match message.content {
-            Some(pb::subscribe_response::Content::Event(_)) => count += 1,
-            Some(pb::subscribe_response::Content::CaughtUp(_)) => return Ok(count),
+            Some(pb::subscribe_all_response::Content::Event(_)) => count += 1,
+            Some(pb::subscribe_all_response::Content::CaughtUp(_)) => return Ok(count),
             _ => {}
         }
     }
@@ -659,8 +663,8 @@ async fn catch_up(client: &mut EventStoreClient<Channel>) -> Result<u64> {
 
 /// A subscription from the end, returned once it is live (after `caught_up`).
 async fn subscribe_live(
-    client: &mut EventStoreClient<Channel>,
-) -> Result<tonic::Streaming<pb::SubscribeResponse>> {
+    client: &mut EventStoreServiceClient<Channel>,
+) -> Result<tonic::Streaming<pb::SubscribeAllResponse>> {
     let request = pb::SubscribeAllRequest {
         start: Some(pb::subscribe_all_request::Start::End(())),
         filter: None,
@@ -674,7 +678,7 @@ async fn subscribe_live(
     while let Some(message) = stream.message().await.map_err(status)? {
         if matches!(
             message.content,
-            Some(pb::subscribe_response::Content::CaughtUp(_))
+            Some(pb::subscribe_all_response::Content::CaughtUp(_))
         ) {
             return Ok(stream);
         }
@@ -705,7 +709,7 @@ async fn live_latency(
         receivers.spawn(async move {
             let mut received = Vec::new();
             while let Ok(Some(message)) = stream.message().await {
-                if let Some(pb::subscribe_response::Content::Event(event)) = message.content {
+                if let Some(pb::subscribe_all_response::Content::Event(event)) = message.content {
                     if event.r#type == "Stop" {
                         break;
                     }
@@ -841,7 +845,7 @@ async fn idle_subscribers(
     Ok(())
 }
 
-async fn wait_built(admin: &mut AdminClient<Channel>) -> Result<()> {
+async fn wait_built(admin: &mut AdminServiceClient<Channel>) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(3600);
     loop {
         let info = admin
@@ -850,7 +854,9 @@ async fn wait_built(admin: &mut AdminClient<Channel>) -> Result<()> {
             })
             .await
             .map_err(status)?
-            .into_inner();
+            .into_inner()
+            .projection
+            .unwrap_or_default();
         if info.active_version >= 1 && info.building_version == 0 {
             return Ok(());
         }

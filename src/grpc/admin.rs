@@ -1,4 +1,4 @@
-//! `highwater.v1.Admin`: projections and rebuilds.
+//! `highwater.v1.AdminService`: projections and rebuilds.
 
 use std::{pin::Pin, sync::Arc};
 
@@ -9,7 +9,7 @@ use tracing::instrument;
 use super::ReadyCore;
 use crate::{
     error::Error,
-    pb::{self, admin_server::Admin},
+    pb::{self, admin_service_server::AdminService as AdminApi},
     projection::{
         Projections,
         definition::{Definition, Mode, OnError},
@@ -31,10 +31,10 @@ impl AdminService {
     }
 }
 
-type ProgressStream = Pin<Box<dyn Stream<Item = Result<pb::RebuildProgress, Status>> + Send>>;
+type ProgressStream = Pin<Box<dyn Stream<Item = Result<pb::AdminRebuildResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
-impl Admin for AdminService {
+impl AdminApi for AdminService {
     type AdminRebuildStream = ProgressStream;
 
     #[instrument(skip_all, fields(projection = %request.get_ref().projection))]
@@ -44,7 +44,9 @@ impl Admin for AdminService {
     ) -> Result<Response<Self::AdminRebuildStream>, Status> {
         let request = request.into_inner();
         let strategy = match pb::RebuildStrategy::try_from(request.strategy) {
-            Ok(pb::RebuildStrategy::BlueGreen) => Strategy::BlueGreen,
+            Ok(pb::RebuildStrategy::Unspecified | pb::RebuildStrategy::BlueGreen) => {
+                Strategy::BlueGreen
+            }
             Ok(pb::RebuildStrategy::InPlace) => Strategy::InPlace,
             Err(_) => {
                 return Err(Error::invalid(
@@ -65,7 +67,9 @@ impl Admin for AdminService {
                 return None;
             }
             finished = progress.is_finished();
-            Some(Ok(progress_message(&progress)))
+            Some(Ok(pb::AdminRebuildResponse {
+                progress: Some(progress_message(&progress)),
+            }))
         });
         Ok(Response::new(Box::pin(stream)))
     }
@@ -74,7 +78,7 @@ impl Admin for AdminService {
     async fn register_projection(
         &self,
         request: Request<pb::RegisterProjectionRequest>,
-    ) -> Result<Response<pb::ProjectionInfo>, Status> {
+    ) -> Result<Response<pb::RegisterProjectionResponse>, Status> {
         let definition = match request.into_inner().source {
             Some(pb::register_projection_request::Source::Toml(text)) => {
                 Definition::from_toml(&text, "api")?
@@ -89,7 +93,9 @@ impl Admin for AdminService {
             }
         };
         let info = self.projections()?.register(definition).await?;
-        Ok(Response::new(projection_info(info)))
+        Ok(Response::new(pb::RegisterProjectionResponse {
+            projection: Some(projection_info(info)),
+        }))
     }
 
     #[instrument(skip_all)]
@@ -107,9 +113,11 @@ impl Admin for AdminService {
     async fn get_projection(
         &self,
         request: Request<pb::GetProjectionRequest>,
-    ) -> Result<Response<pb::ProjectionInfo>, Status> {
+    ) -> Result<Response<pb::GetProjectionResponse>, Status> {
         let info = self.projections()?.get(&request.into_inner().name).await?;
-        Ok(Response::new(projection_info(info)))
+        Ok(Response::new(pb::GetProjectionResponse {
+            projection: Some(projection_info(info)),
+        }))
     }
 
     #[instrument(skip_all)]
@@ -174,12 +182,12 @@ impl Admin for AdminService {
 
 fn definition_from(definition: pb::ProjectionDefinition) -> Result<Definition, Error> {
     let mode = match pb::ProjectionMode::try_from(definition.mode) {
-        Ok(pb::ProjectionMode::Inline) => Mode::Inline,
+        Ok(pb::ProjectionMode::Unspecified | pb::ProjectionMode::Inline) => Mode::Inline,
         Ok(pb::ProjectionMode::Async) => Mode::Async,
         Err(_) => return Err(Error::invalid("definition.mode", "unknown mode")),
     };
     let on_error = match pb::OnError::try_from(definition.on_error) {
-        Ok(pb::OnError::Fail) => OnError::Fail,
+        Ok(pb::OnError::Unspecified | pb::OnError::Fail) => OnError::Fail,
         Ok(pb::OnError::Skip) => OnError::Skip,
         Err(_) => return Err(Error::invalid("definition.on_error", "unknown on_error")),
     };

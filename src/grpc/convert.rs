@@ -17,7 +17,9 @@ pub fn append_input(request: pb::AppendRequest) -> Result<AppendInput> {
         Some(pb::append_request::Expected::Revision(revision)) => ExpectedRevision::Exact(revision),
         Some(pb::append_request::Expected::State(state)) => {
             match pb::ExpectedState::try_from(state) {
-                Ok(pb::ExpectedState::Any) => ExpectedRevision::Any,
+                Ok(pb::ExpectedState::Unspecified | pb::ExpectedState::Any) => {
+                    ExpectedRevision::Any
+                }
                 Ok(pb::ExpectedState::NoStream) => ExpectedRevision::NoStream,
                 Ok(pb::ExpectedState::StreamExists) => ExpectedRevision::StreamExists,
                 Err(_) => {
@@ -58,7 +60,7 @@ pub fn append_response(result: AppendResult) -> pb::AppendResponse {
 
 pub fn direction(value: i32) -> Result<Direction> {
     match pb::Direction::try_from(value) {
-        Ok(pb::Direction::Forwards) => Ok(Direction::Forwards),
+        Ok(pb::Direction::Unspecified | pb::Direction::Forwards) => Ok(Direction::Forwards),
         Ok(pb::Direction::Backwards) => Ok(Direction::Backwards),
         Err(_) => Err(Error::invalid(
             "direction",
@@ -113,22 +115,41 @@ pub fn stream_start(request: &pb::SubscribeStreamRequest) -> StreamStart {
     }
 }
 
-pub fn subscription_message(message: SubscriptionMessage) -> pb::SubscribeResponse {
-    use pb::subscribe_response::Content;
-    let content = match message {
-        SubscriptionMessage::Event(event) => Content::Event(recorded_event(event)),
-        SubscriptionMessage::Checkpoint(position) => {
-            Content::Checkpoint(pb::Checkpoint { position })
-        }
-        SubscriptionMessage::CaughtUp(position) => Content::CaughtUp(pb::CaughtUp { position }),
-        SubscriptionMessage::FellBehind(position) => {
-            Content::FellBehind(pb::FellBehind { position })
+/// SubscribeAll and SubscribeStream answer with distinct messages of the same content (one
+/// response type per RPC, as buf's lint rules ask); one conversion is written for both.
+macro_rules! subscription_response {
+    ($function:ident, $response:ident, $module:ident) => {
+        pub fn $function(message: SubscriptionMessage) -> pb::$response {
+            use pb::$module::Content;
+            let content = match message {
+                SubscriptionMessage::Event(event) => Content::Event(recorded_event(event)),
+                SubscriptionMessage::Checkpoint(position) => {
+                    Content::Checkpoint(pb::Checkpoint { position })
+                }
+                SubscriptionMessage::CaughtUp(position) => {
+                    Content::CaughtUp(pb::CaughtUp { position })
+                }
+                SubscriptionMessage::FellBehind(position) => {
+                    Content::FellBehind(pb::FellBehind { position })
+                }
+            };
+            pb::$response {
+                content: Some(content),
+            }
         }
     };
-    pb::SubscribeResponse {
-        content: Some(content),
-    }
 }
+
+subscription_response!(
+    subscribe_all_response,
+    SubscribeAllResponse,
+    subscribe_all_response
+);
+subscription_response!(
+    subscribe_stream_response,
+    SubscribeStreamResponse,
+    subscribe_stream_response
+);
 
 pub fn subscription_info(subscription: DurableSubscription) -> pb::SubscriptionInfo {
     pb::SubscriptionInfo {

@@ -1,4 +1,4 @@
-//! `highwater.v1.EventStore`: appends and reads.
+//! `highwater.v1.EventStoreService`: appends and reads.
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -11,8 +11,9 @@ use tokio_stream::{Stream, StreamExt};
 
 use super::{ReadyCore, convert};
 use crate::{
-    pb::{self, event_store_server::EventStore},
+    pb::{self, event_store_service_server::EventStoreService as EventStoreApi},
     store::reader::ReadCursor,
+    subscribe::SubscriptionMessage,
 };
 
 /// Read responses buffered ahead of a slow client, per read.
@@ -28,11 +29,11 @@ impl EventStoreService {
     }
 }
 
-type ReadStream = ReceiverStream<Result<pb::ReadResponse, Status>>;
-type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + Send>>;
+type ReadStream<T> = ReceiverStream<Result<T, Status>>;
+type SubscribeStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
-impl EventStore for EventStoreService {
+impl EventStoreApi for EventStoreService {
     #[instrument(skip_all, fields(stream = %request.get_ref().stream, events = request.get_ref().events.len()))]
     async fn append(
         &self,
@@ -43,7 +44,7 @@ impl EventStore for EventStoreService {
         Ok(Response::new(convert::append_response(result)))
     }
 
-    type ReadStreamStream = ReadStream;
+    type ReadStreamStream = ReadStream<pb::ReadStreamResponse>;
 
     #[instrument(skip_all, fields(stream = %request.get_ref().stream))]
     async fn read_stream(
@@ -63,10 +64,12 @@ impl EventStore for EventStoreService {
                 request.max_count,
             )
             .await?;
-        Ok(Response::new(stream_pages(cursor)))
+        Ok(Response::new(stream_pages(cursor, |event| {
+            pb::ReadStreamResponse { event: Some(event) }
+        })))
     }
 
-    type ReadAllStream = ReadStream;
+    type ReadAllStream = ReadStream<pb::ReadAllResponse>;
 
     #[instrument(skip_all, fields(after_position = request.get_ref().after_position))]
     async fn read_all(
@@ -80,10 +83,12 @@ impl EventStore for EventStoreService {
                 .get()?
                 .store
                 .read_all(request.after_position, direction, request.max_count);
-        Ok(Response::new(stream_pages(cursor)))
+        Ok(Response::new(stream_pages(cursor, |event| {
+            pb::ReadAllResponse { event: Some(event) }
+        })))
     }
 
-    type SubscribeAllStream = SubscribeStream;
+    type SubscribeAllStream = SubscribeStream<pb::SubscribeAllResponse>;
 
     #[instrument(skip_all, fields(start = ?request.get_ref().start))]
     async fn subscribe_all(
@@ -98,10 +103,13 @@ impl EventStore for EventStoreService {
             .subscriptions
             .subscribe_all(start, filter, u64::from(request.checkpoint_interval))
             .await?;
-        Ok(Response::new(subscription_stream(subscription)))
+        Ok(Response::new(subscription_stream(
+            subscription,
+            convert::subscribe_all_response,
+        )))
     }
 
-    type SubscribeStreamStream = SubscribeStream;
+    type SubscribeStreamStream = SubscribeStream<pb::SubscribeStreamResponse>;
 
     #[instrument(skip_all, fields(stream = %request.get_ref().stream))]
     async fn subscribe_stream(
@@ -116,7 +124,10 @@ impl EventStore for EventStoreService {
             .subscriptions
             .subscribe_stream(request.stream, start)
             .await?;
-        Ok(Response::new(subscription_stream(subscription)))
+        Ok(Response::new(subscription_stream(
+            subscription,
+            convert::subscribe_stream_response,
+        )))
     }
 
     #[instrument(skip_all, fields(subscription = %request.get_ref().subscription, position = request.get_ref().position))]
@@ -164,16 +175,21 @@ impl EventStore for EventStoreService {
 
 /// Converts a core subscription to the response stream; dropping it (the client went away)
 /// drops the receiver, which ends the subscriber task at once.
-fn subscription_stream(subscription: crate::subscribe::Subscription) -> SubscribeStream {
-    Box::pin(ReceiverStream::new(subscription).map(|message| {
-        message
-            .map(convert::subscription_message)
-            .map_err(Status::from)
-    }))
+fn subscription_stream<T: Send + 'static>(
+    subscription: crate::subscribe::Subscription,
+    respond: fn(SubscriptionMessage) -> T,
+) -> SubscribeStream<T> {
+    Box::pin(
+        ReceiverStream::new(subscription)
+            .map(move |message| message.map(respond).map_err(Status::from)),
+    )
 }
 
 /// Streams a cursor's pages to the client; stops as soon as the client goes away.
-fn stream_pages(mut cursor: ReadCursor) -> ReadStream {
+fn stream_pages<T: Send + 'static>(
+    mut cursor: ReadCursor,
+    respond: fn(pb::RecordedEvent) -> T,
+) -> ReadStream<T> {
     let (sender, receiver) = mpsc::channel(READ_BUFFER);
     tokio::spawn(async move {
         loop {
@@ -186,9 +202,7 @@ fn stream_pages(mut cursor: ReadCursor) -> ReadStream {
                 }
             };
             for event in page {
-                let response = pb::ReadResponse {
-                    event: Some(convert::recorded_event(event)),
-                };
+                let response = respond(convert::recorded_event(event));
                 if sender.send(Ok(response)).await.is_err() {
                     return;
                 }

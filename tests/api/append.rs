@@ -435,9 +435,10 @@ async fn two_servers_on_one_database_share_one_dense_order() {
     .enumerate()
     {
         tasks.push(tokio::spawn(async move {
-            let mut client = pb::event_store_client::EventStoreClient::connect(endpoint)
-                .await
-                .unwrap();
+            let mut client =
+                pb::event_store_service_client::EventStoreServiceClient::connect(endpoint)
+                    .await
+                    .unwrap();
             for i in 0..50u64 {
                 let expected = if i == 0 {
                     state(ExpectedState::NoStream)

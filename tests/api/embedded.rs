@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use highwater::pb::{self, event_store_client::EventStoreClient};
+use highwater::pb::{self, event_store_service_client::EventStoreServiceClient};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -49,7 +49,7 @@ async fn wait_serving(port: u16) {
             let mut client = HealthClient::new(channel);
             if let Ok(response) = client
                 .check(HealthCheckRequest {
-                    service: "highwater.v1.EventStore".into(),
+                    service: "highwater.v1.EventStoreService".into(),
                 })
                 .await
                 && response.into_inner().status == ServingStatus::Serving as i32
@@ -84,7 +84,7 @@ async fn without_a_database_url_it_runs_a_private_postgres_kept_across_restarts(
     let port = free_port();
     let server = serve(data_dir.path(), port);
     wait_serving(port).await;
-    let mut client = EventStoreClient::connect(format!("http://127.0.0.1:{port}"))
+    let mut client = EventStoreServiceClient::connect(format!("http://127.0.0.1:{port}"))
         .await
         .unwrap();
     let event = json_event("Kept", "{\"across\":\"restarts\"}");
@@ -104,7 +104,7 @@ async fn without_a_database_url_it_runs_a_private_postgres_kept_across_restarts(
     let port = free_port();
     let server = serve(data_dir.path(), port);
     wait_serving(port).await;
-    let mut client = EventStoreClient::connect(format!("http://127.0.0.1:{port}"))
+    let mut client = EventStoreServiceClient::connect(format!("http://127.0.0.1:{port}"))
         .await
         .unwrap();
     let request = pb::ReadStreamRequest {

@@ -12,7 +12,7 @@ use std::{
 
 use highwater::{
     config::{Cli, ServeConfig},
-    pb::{self, event_store_client::EventStoreClient},
+    pb::{self, event_store_service_client::EventStoreServiceClient},
     server::Application,
 };
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
@@ -191,8 +191,8 @@ impl RunningServer {
         format!("http://{}", self.address)
     }
 
-    pub async fn client(&self) -> EventStoreClient<Channel> {
-        EventStoreClient::connect(self.endpoint())
+    pub async fn client(&self) -> EventStoreServiceClient<Channel> {
+        EventStoreServiceClient::connect(self.endpoint())
             .await
             .expect("connect to the server")
     }
@@ -254,7 +254,7 @@ impl Drop for RunningServer {
 /// A ready server on a database of its own, with a client.
 pub struct TestApp {
     pub server: RunningServer,
-    pub client: EventStoreClient<Channel>,
+    pub client: EventStoreServiceClient<Channel>,
     pub database: TestDatabase,
 }
 
@@ -326,12 +326,15 @@ impl TestApp {
             direction: direction as i32,
             max_count,
         };
-        collect(self.client.read_stream(request).await?.into_inner()).await
+        collect(self.client.read_stream(request).await?.into_inner(), |m| {
+            m.event
+        })
+        .await
     }
 }
 
 pub async fn read_all_from(
-    client: &mut EventStoreClient<Channel>,
+    client: &mut EventStoreServiceClient<Channel>,
     after_position: u64,
     direction: pb::Direction,
     max_count: u64,
@@ -341,15 +344,17 @@ pub async fn read_all_from(
         direction: direction as i32,
         max_count,
     };
-    collect(client.read_all(request).await?.into_inner()).await
+    collect(client.read_all(request).await?.into_inner(), |m| m.event).await
 }
 
-async fn collect(
-    mut stream: tonic::Streaming<pb::ReadResponse>,
+/// The events of a read, whichever read's response type carries them.
+async fn collect<T>(
+    mut stream: tonic::Streaming<T>,
+    event_of: fn(T) -> Option<pb::RecordedEvent>,
 ) -> Result<Vec<pb::RecordedEvent>, tonic::Status> {
     let mut events = Vec::new();
     while let Some(message) = stream.message().await? {
-        events.push(message.event.expect("a read response carries an event"));
+        events.push(event_of(message).expect("a read response carries an event"));
     }
     Ok(events)
 }

@@ -8,8 +8,9 @@ use std::{
 };
 
 use highwater::pb::{
-    self, AdminRebuildRequest, GetProjectionRequest, RebuildStrategy, admin_client::AdminClient,
-    event_store_client::EventStoreClient, rebuild_progress::Phase,
+    self, AdminRebuildRequest, GetProjectionRequest, RebuildStrategy,
+    admin_service_client::AdminServiceClient, event_store_service_client::EventStoreServiceClient,
+    rebuild_progress::Phase,
 };
 use sqlx::Connection;
 use tonic::{Code, transport::Channel};
@@ -86,7 +87,7 @@ fn cart_event(i: usize) -> pb::ProposedEvent {
 
 /// Appends `appends` events to ten carts of writer `writer`, from index `from`.
 async fn append_carts(
-    client: &mut EventStoreClient<Channel>,
+    client: &mut EventStoreServiceClient<Channel>,
     writer: usize,
     from: usize,
     appends: usize,
@@ -112,7 +113,7 @@ fn append_until(
             let stop = stop.clone();
             let endpoint = endpoint.clone();
             tasks.push(tokio::spawn(async move {
-                let mut client = EventStoreClient::connect(endpoint).await.unwrap();
+                let mut client = EventStoreServiceClient::connect(endpoint).await.unwrap();
                 let mut i = 1000;
                 while !stop.load(Ordering::Relaxed) {
                     append_carts(&mut client, 100 + writer, i, 10).await;
@@ -129,20 +130,22 @@ fn append_until(
     })
 }
 
-async fn admin(endpoint: String) -> AdminClient<Channel> {
-    AdminClient::connect(endpoint).await.unwrap()
+async fn admin(endpoint: String) -> AdminServiceClient<Channel> {
+    AdminServiceClient::connect(endpoint).await.unwrap()
 }
 
-async fn projection(admin: &mut AdminClient<Channel>, name: &str) -> pb::ProjectionInfo {
+async fn projection(admin: &mut AdminServiceClient<Channel>, name: &str) -> pb::ProjectionInfo {
     admin
         .get_projection(GetProjectionRequest { name: name.into() })
         .await
         .unwrap()
         .into_inner()
+        .projection
+        .expect("a projection")
 }
 
 async fn wait_active(
-    admin: &mut AdminClient<Channel>,
+    admin: &mut AdminServiceClient<Channel>,
     name: &str,
     version: u32,
     within: Duration,
@@ -163,7 +166,7 @@ async fn wait_active(
 
 /// Runs a rebuild to its end; returns every progress message.
 async fn rebuild(
-    admin: &mut AdminClient<Channel>,
+    admin: &mut AdminServiceClient<Channel>,
     name: &str,
     strategy: RebuildStrategy,
 ) -> Vec<pb::RebuildProgress> {
@@ -173,8 +176,8 @@ async fn rebuild(
     };
     let mut stream = admin.admin_rebuild(request).await.unwrap().into_inner();
     let mut all = Vec::new();
-    while let Some(progress) = stream.message().await.unwrap() {
-        all.push(progress);
+    while let Some(message) = stream.message().await.unwrap() {
+        all.push(message.progress.expect("progress"));
     }
     all
 }
@@ -373,8 +376,8 @@ async fn two_rebuilds_at_once_through_two_servers_one_runs_the_other_is_refused(
     );
     let mut stream = winner.into_inner();
     let mut last = None;
-    while let Some(progress) = stream.message().await.unwrap() {
-        last = Some(progress);
+    while let Some(message) = stream.message().await.unwrap() {
+        last = message.progress;
     }
     assert_eq!(last.unwrap().phase(), Phase::Done);
     let log = app.read_all().await;
@@ -607,7 +610,7 @@ fn server_process(database_url: &str, port: u16, node: &str) -> std::process::Ch
 async fn wait_serving(endpoint: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(mut admin) = AdminClient::connect(endpoint.to_string()).await
+        if let Ok(mut admin) = AdminServiceClient::connect(endpoint.to_string()).await
             && admin
                 .list_projections(pb::ListProjectionsRequest {})
                 .await
@@ -632,7 +635,9 @@ async fn a_rebuild_whose_process_is_killed_is_resumed_by_another_process() {
     wait_serving(&endpoint_a).await;
     let mut admin_a = admin(endpoint_a.clone()).await;
     wait_active(&mut admin_a, "cart_summary", 1, Duration::from_secs(10)).await;
-    let mut client = EventStoreClient::connect(endpoint_a.clone()).await.unwrap();
+    let mut client = EventStoreServiceClient::connect(endpoint_a.clone())
+        .await
+        .unwrap();
     for cart in 0..40 {
         for batch in 0..10 {
             let events = (batch * 10..batch * 10 + 10).map(cart_event).collect();
@@ -655,7 +660,9 @@ async fn a_rebuild_whose_process_is_killed_is_resumed_by_another_process() {
             .message()
             .await
             .unwrap()
-            .expect("progress until killed");
+            .expect("progress until killed")
+            .progress
+            .expect("progress");
         assert_ne!(
             message.phase(),
             Phase::Done,
@@ -686,7 +693,7 @@ async fn a_rebuild_whose_process_is_killed_is_resumed_by_another_process() {
         info.versions[0].rebuild_owner, "node-b",
         "node-b took the rebuild over"
     );
-    let mut client = EventStoreClient::connect(endpoint_b).await.unwrap();
+    let mut client = EventStoreServiceClient::connect(endpoint_b).await.unwrap();
     let log = read_all_from(&mut client, 0, pb::Direction::Forwards, 0)
         .await
         .unwrap();

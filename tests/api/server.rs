@@ -43,7 +43,7 @@ async fn reflection_lists_the_event_store() {
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     assert!(
-        names.contains(&"highwater.v1.EventStore".to_string()),
+        names.contains(&"highwater.v1.EventStoreService".to_string()),
         "{names:?}"
     );
     assert!(

@@ -1,8 +1,9 @@
 use std::time::{Duration, Instant};
 
 use highwater::pb::{
-    self, Direction, SubscribeAllRequest, SubscribeResponse, event_store_client::EventStoreClient,
-    subscribe_all_request::Start, subscribe_response::Content,
+    self, Direction, SubscribeAllRequest, SubscribeAllResponse, SubscribeStreamResponse,
+    event_store_service_client::EventStoreServiceClient, subscribe_all_request::Start,
+    subscribe_all_response::Content,
 };
 use sqlx::Connection;
 use tonic::{Code, transport::Channel};
@@ -25,10 +26,10 @@ impl Received {
 }
 
 async fn subscribe(
-    client: &mut EventStoreClient<Channel>,
+    client: &mut EventStoreServiceClient<Channel>,
     start: Option<Start>,
     filter: Option<pb::Filter>,
-) -> tonic::Streaming<SubscribeResponse> {
+) -> tonic::Streaming<SubscribeAllResponse> {
     let request = SubscribeAllRequest {
         start,
         filter,
@@ -41,9 +42,32 @@ async fn subscribe(
         .into_inner()
 }
 
+/// SubscribeAll and SubscribeStream answer with the same content in distinct message types.
+trait SubscriptionContent {
+    fn into_content(self) -> Content;
+}
+
+impl SubscriptionContent for SubscribeAllResponse {
+    fn into_content(self) -> Content {
+        self.content.expect("content")
+    }
+}
+
+impl SubscriptionContent for SubscribeStreamResponse {
+    fn into_content(self) -> Content {
+        use pb::subscribe_stream_response::Content as Stream;
+        match self.content.expect("content") {
+            Stream::Event(event) => Content::Event(event),
+            Stream::Checkpoint(checkpoint) => Content::Checkpoint(checkpoint),
+            Stream::CaughtUp(caught_up) => Content::CaughtUp(caught_up),
+            Stream::FellBehind(fell_behind) => Content::FellBehind(fell_behind),
+        }
+    }
+}
+
 /// Reads until `done` says so (checked after every message), with a per-message delay.
-async fn receive_until(
-    stream: &mut tonic::Streaming<SubscribeResponse>,
+async fn receive_until<T: SubscriptionContent>(
+    stream: &mut tonic::Streaming<T>,
     received: &mut Received,
     delay_per_event: Duration,
     within: Duration,
@@ -63,7 +87,7 @@ async fn receive_until(
             })
             .expect("subscription failed")
             .expect("subscription ended");
-        match message.content.expect("content") {
+        match message.into_content() {
             Content::Event(event) => {
                 received.events.push(event);
                 if !delay_per_event.is_zero() {
@@ -85,7 +109,9 @@ fn reached(head: u64) -> impl Fn(&Received) -> bool {
 async fn append_concurrently(endpoint: String, writers: usize, appends: usize) -> u64 {
     let mut tasks = Vec::new();
     for writer in 0..writers {
-        let mut client = EventStoreClient::connect(endpoint.clone()).await.unwrap();
+        let mut client = EventStoreServiceClient::connect(endpoint.clone())
+            .await
+            .unwrap();
         tasks.push(tokio::spawn(async move {
             let mut count = 0;
             for i in 0..appends {
