@@ -32,6 +32,8 @@ pub enum Command {
     Migrate(MigrateConfig),
     /// Measure a server (started on a fresh database) against raw PostgreSQL, and print a report.
     Bench(crate::bench::BenchConfig),
+    #[command(flatten)]
+    Client(crate::cli::ClientCommand),
 }
 
 #[derive(Debug, Clone, Args)]

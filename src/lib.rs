@@ -2,6 +2,8 @@
 
 /// `highwater bench`: the load generator and its raw PostgreSQL baseline.
 pub mod bench;
+/// The command-line client: subcommands that talk to a server.
+pub mod cli;
 /// Command line and environment configuration.
 pub mod config;
 /// A private PostgreSQL from the machine's own binaries.

@@ -25,6 +25,7 @@ async fn main() -> ExitCode {
             });
             highwater::bench::run(config).await
         }
+        Command::Client(command) => return highwater::cli::run(command).await,
         Command::Migrate(config) => {
             telemetry::init(&config.log);
             server::migrate(&config.database).await

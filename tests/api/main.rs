@@ -2,6 +2,7 @@
 
 mod append;
 mod bench;
+mod cli;
 mod embedded;
 mod helpers;
 mod projection;
