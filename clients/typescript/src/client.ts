@@ -1,0 +1,550 @@
+// The Highwater client: a thin layer over the @grpc/grpc-js clients that ts-proto generates from
+// proto/ (src/gen), with bigint positions, async iterables for streamed reads, subscriptions that
+// resume after dropped connections, and errors as HighwaterError.
+
+import {
+  type CallOptions,
+  type ChannelCredentials,
+  type ChannelOptions,
+  Client as GrpcClient,
+  type ClientReadableStream,
+  credentials as grpcCredentials,
+  Metadata,
+  type ServiceError,
+  status as Status,
+} from "@grpc/grpc-js";
+import {
+  AdminServiceClient,
+  OnError,
+  type ProjectionDefinition,
+  type ProjectionInfo,
+  ProjectionMode,
+  type RebuildProgress,
+  RebuildProgress_Phase,
+  RebuildStrategy,
+  type SystemMessage,
+} from "./gen/highwater/v1/admin";
+import {
+  type AppendResponse,
+  Direction,
+  EventStoreServiceClient,
+  ExpectedState,
+  type ProposedEvent,
+  type RecordedEvent,
+  type SubscribeAllRequest,
+  type SubscribeStreamRequest,
+  type SubscriptionInfo,
+} from "./gen/highwater/v1/event_store";
+import { HighwaterError, toHighwaterError } from "./errors";
+import { decodeHealthCheckResponse, encodeHealthCheckRequest, HEALTH_CHECK_PATH, type ServingStatus } from "./health";
+import { Subscription, type SubscriptionOptions } from "./subscription";
+import { toUint64, U64_MAX, type Uint64Input } from "./uint64";
+
+/** The expected state of a stream before an append. */
+export type ExpectedRevision =
+  /** No check (the default). */
+  | "any"
+  /** The stream must not exist yet. */
+  | "no-stream"
+  /** The stream must have at least one event. */
+  | "exists"
+  /** The stream's last event must have exactly this revision. */
+  | Uint64Input;
+
+/** An event to append. */
+export interface EventData {
+  /** Event type, such as `ProductAdded`. */
+  type: string;
+  /**
+   * Payload. A Uint8Array (or Buffer) is sent as it is; a string as its UTF-8 bytes; anything
+   * else as its JSON text. The default content type is `application/json`, which the server
+   * checks is valid JSON.
+   */
+  data?: unknown;
+  /** A UUID; give one so a retried append is recognised. Empty: the server generates one. */
+  id?: string;
+  /** Media type of `data`; empty means `application/json`. */
+  contentType?: string;
+  /** Free-form string pairs stored with the event. */
+  metadata?: Record<string, string>;
+}
+
+/** Where appended events landed. */
+export type AppendResult = AppendResponse;
+
+export interface AppendOptions {
+  /** Optimistic concurrency check; `"any"` (no check) by default. */
+  expectedRevision?: ExpectedRevision;
+}
+
+export interface ReadStreamOptions {
+  /**
+   * Forwards: the first revision returned (default 0). Backwards: the highest revision returned
+   * (default: the stream's last event).
+   */
+  fromRevision?: Uint64Input;
+  /** Read newest first. */
+  backwards?: boolean;
+  /** The most events to return (default: all). */
+  limit?: Uint64Input;
+}
+
+export interface ReadAllOptions {
+  /**
+   * Forwards: return events with positions strictly above this one (default 0: from the first).
+   * Backwards: return events at or below this one (default: from the last event).
+   */
+  afterPosition?: Uint64Input;
+  /** Read newest first. */
+  backwards?: boolean;
+  /** The most events to return (default: all). */
+  limit?: Uint64Input;
+}
+
+/** Which events a subscription delivers; an empty list matches everything. */
+export interface EventFilter {
+  /** Stream name prefixes, such as `cart-`. */
+  streamPrefixes?: string[];
+  /** Exact event types. */
+  eventTypes?: string[];
+}
+
+export interface SubscribeAllOptions extends SubscriptionOptions {
+  /**
+   * A durable subscription: start after its stored checkpoint (created at 0 if missing). Save
+   * progress with `saveCheckpoint(name, subscription.position)`.
+   */
+  subscription?: string;
+  /** Start after this position (default 0: from the first event). */
+  afterPosition?: Uint64Input;
+  /** Start at the end: only what commits after the call. */
+  fromEnd?: boolean;
+  /** Which events to deliver. */
+  filter?: EventFilter;
+  /** Ask for a checkpoint at least every this many scanned events (server default 1000). */
+  checkpointInterval?: number;
+}
+
+export interface SubscribeStreamOptions extends SubscriptionOptions {
+  /** The first revision to deliver (default 0). */
+  fromRevision?: Uint64Input;
+  /** Start at the end: only what commits after the call. */
+  fromEnd?: boolean;
+}
+
+export interface RebuildOptions {
+  /** Empty and replay the active table instead of building the next version beside it. */
+  inPlace?: boolean;
+}
+
+/** A projection definition to register; the TOML text of a projection file is accepted too. */
+export interface ProjectionDefinitionInput {
+  name: string;
+  version?: number;
+  mode?: "inline" | "async";
+  onError?: "fail" | "skip";
+  setup: string;
+  handlers: Record<string, string>;
+}
+
+export interface ListSystemMessagesOptions {
+  projection?: string;
+  kind?: "skip" | "dead_letter";
+  includeArchived?: boolean;
+  limit?: number;
+}
+
+/**
+ * Channel options the client sets unless told otherwise: after a lost connection the channel tries
+ * again at most every 5 s (the @grpc/grpc-js default grows to 120 s), so a subscription resumes
+ * soon after the server is back.
+ */
+export const DEFAULT_CHANNEL_OPTIONS: Readonly<ChannelOptions> = {
+  "grpc.max_reconnect_backoff_ms": 5_000,
+};
+
+export interface ClientOptions {
+  /** Channel credentials; plaintext (insecure) by default. */
+  credentials?: ChannelCredentials;
+  /** @grpc/grpc-js channel options, such as `grpc.keepalive_time_ms`, over DEFAULT_CHANNEL_OPTIONS. */
+  channelOptions?: ChannelOptions;
+  /** Deadline of each unary call, in milliseconds (default: none). */
+  callTimeoutMs?: number;
+}
+
+/** A rebuild that ended in PHASE_FAILED; `progress.error` says why. */
+export class RebuildFailedError extends Error {
+  constructor(readonly progress: RebuildProgress) {
+    super(`rebuild of version ${progress.version} failed: ${progress.error}`);
+    this.name = "RebuildFailedError";
+  }
+}
+
+/**
+ * The events of a read. Iterate it with `for await` (each iteration runs the read again) or
+ * collect it with `toArray()`. A failed read throws a HighwaterError (NOT_FOUND for a missing
+ * stream).
+ */
+export class ReadResult implements AsyncIterable<RecordedEvent> {
+  constructor(private readonly open: () => ClientReadableStream<{ event?: RecordedEvent | undefined }>) {}
+
+  async *[Symbol.asyncIterator](): AsyncIterator<RecordedEvent> {
+    for await (const message of iterateCall(this.open())) {
+      if (message.event) {
+        yield message.event;
+      }
+    }
+  }
+
+  /** Every event of the read, in order. */
+  async toArray(): Promise<RecordedEvent[]> {
+    const events: RecordedEvent[] = [];
+    for await (const event of this) {
+      events.push(event);
+    }
+    return events;
+  }
+}
+
+/** A client of one Highwater server (or load balancer address), over one channel. */
+export class Client {
+  private readonly eventStore: EventStoreServiceClient;
+  private readonly adminService: AdminServiceClient;
+  private readonly generic: GrpcClient;
+  private readonly callTimeoutMs: number | undefined;
+
+  /** @param address `host:port` of the server, `127.0.0.1:50051` by default. */
+  constructor(readonly address: string = "127.0.0.1:50051", options: ClientOptions = {}) {
+    const creds = options.credentials ?? grpcCredentials.createInsecure();
+    const channelOptions: ChannelOptions = { ...DEFAULT_CHANNEL_OPTIONS, ...options.channelOptions };
+    this.eventStore = new EventStoreServiceClient(address, creds, channelOptions);
+    const shared = { ...channelOptions, channelOverride: this.eventStore.getChannel() };
+    this.adminService = new AdminServiceClient(address, creds, shared);
+    this.generic = new GrpcClient(address, creds, shared);
+    this.callTimeoutMs = options.callTimeoutMs;
+  }
+
+  /** Closes the channel; calls in flight fail with CANCELLED or UNAVAILABLE. */
+  close(): void {
+    this.adminService.close();
+    this.generic.close();
+    this.eventStore.close();
+  }
+
+  // ---- event store ---------------------------------------------------------------------------
+
+  /** Appends events to one stream atomically. Throws WrongExpectedRevisionError on a conflict. */
+  async append(stream: string, events: EventData[], options: AppendOptions = {}): Promise<AppendResult> {
+    const request = {
+      stream,
+      expected: toExpected(options.expectedRevision),
+      events: events.map(toProposedEvent),
+    };
+    return unary<AppendResponse>((cb) => this.eventStore.append(request, new Metadata(), this.unaryOptions(), cb));
+  }
+
+  /** Reads one stream by revision. NOT_FOUND (as HighwaterError) if it does not exist. */
+  readStream(stream: string, options: ReadStreamOptions = {}): ReadResult {
+    const backwards = options.backwards ?? false;
+    const request = {
+      stream,
+      fromRevision: options.fromRevision === undefined
+        ? (backwards ? U64_MAX : 0n)
+        : toUint64(options.fromRevision, "fromRevision"),
+      direction: backwards ? Direction.DIRECTION_BACKWARDS : Direction.DIRECTION_FORWARDS,
+      maxCount: options.limit === undefined ? 0n : toUint64(options.limit, "limit"),
+    };
+    return new ReadResult(() => this.eventStore.readStream(request));
+  }
+
+  /** Reads the global log by position. */
+  readAll(options: ReadAllOptions = {}): ReadResult {
+    const backwards = options.backwards ?? false;
+    const request = {
+      afterPosition: options.afterPosition === undefined
+        ? (backwards ? U64_MAX : 0n)
+        : toUint64(options.afterPosition, "afterPosition"),
+      direction: backwards ? Direction.DIRECTION_BACKWARDS : Direction.DIRECTION_FORWARDS,
+      maxCount: options.limit === undefined ? 0n : toUint64(options.limit, "limit"),
+    };
+    return new ReadResult(() => this.eventStore.readAll(request));
+  }
+
+  /**
+   * Follows the global log. The subscription yields each event once, in position order, and
+   * resumes after a dropped connection (UNAVAILABLE...) from the last position it saw.
+   */
+  subscribeAll(options: SubscribeAllOptions = {}): Subscription {
+    const starts = [options.subscription !== undefined, options.afterPosition !== undefined, options.fromEnd === true];
+    if (starts.filter(Boolean).length > 1) {
+      throw new TypeError("give at most one of subscription, afterPosition and fromEnd");
+    }
+    const initialStart: SubscribeAllRequest["start"] = options.subscription !== undefined
+      ? { $case: "subscription", value: options.subscription }
+      : options.fromEnd
+      ? { $case: "end", value: {} }
+      : { $case: "afterPosition", value: toUint64(options.afterPosition ?? 0n, "afterPosition") };
+    const filter = options.filter
+      ? { streamPrefixes: options.filter.streamPrefixes ?? [], eventTypes: options.filter.eventTypes ?? [] }
+      : undefined;
+    const checkpointInterval = options.checkpointInterval ?? 0;
+    return new Subscription({
+      open: (sub) => {
+        const request: SubscribeAllRequest = {
+          // After a reconnect: right after what was yielded or checkpointed.
+          start: sub.position === undefined ? initialStart : { $case: "afterPosition", value: sub.position },
+          filter,
+          checkpointInterval,
+        };
+        return this.eventStore.subscribeAll(request);
+      },
+      isNew: (sub, event) => sub.position === undefined || event.position > sub.position,
+    }, options);
+  }
+
+  /**
+   * Follows one stream from a revision (the stream need not exist yet), resuming after a dropped
+   * connection from the revision after the last one yielded.
+   */
+  subscribeStream(stream: string, options: SubscribeStreamOptions = {}): Subscription {
+    if (options.fromEnd && options.fromRevision !== undefined) {
+      throw new TypeError("give at most one of fromRevision and fromEnd");
+    }
+    const initialStart: SubscribeStreamRequest["start"] = options.fromEnd
+      ? { $case: "end", value: {} }
+      : { $case: "fromRevision", value: toUint64(options.fromRevision ?? 0n, "fromRevision") };
+    return new Subscription({
+      open: (sub) =>
+        this.eventStore.subscribeStream({
+          stream,
+          start: sub.revision === undefined ? initialStart : { $case: "fromRevision", value: sub.revision + 1n },
+        }),
+      isNew: (sub, event) => sub.revision === undefined || event.revision > sub.revision,
+    }, options);
+  }
+
+  /**
+   * Stores a durable subscription's checkpoint (created if missing). Returns the stored position,
+   * which is a later one if a later one was saved before.
+   */
+  async saveCheckpoint(subscription: string, position: Uint64Input): Promise<bigint> {
+    const request = { subscription, position: toUint64(position, "position") };
+    const response = await unary<{ position: bigint }>((cb) =>
+      this.eventStore.saveCheckpoint(request, new Metadata(), this.unaryOptions(), cb)
+    );
+    return response.position;
+  }
+
+  /** Every durable subscription with its checkpoint and lag, by name. */
+  async listSubscriptions(): Promise<SubscriptionInfo[]> {
+    const response = await unary<{ subscriptions: SubscriptionInfo[] }>((cb) =>
+      this.eventStore.listSubscriptions({}, new Metadata(), this.unaryOptions(), cb)
+    );
+    return response.subscriptions;
+  }
+
+  /** Deletes a durable subscription; NOT_FOUND if there is none of that name. */
+  async deleteSubscription(subscription: string): Promise<void> {
+    await unary<unknown>((cb) =>
+      this.eventStore.deleteSubscription({ subscription }, new Metadata(), this.unaryOptions(), cb)
+    );
+  }
+
+  // ---- administration ------------------------------------------------------------------------
+
+  /**
+   * Rebuilds a projection (blue/green, or in place) and yields its progress until PHASE_DONE.
+   * A rebuild that fails yields its PHASE_FAILED progress, then throws RebuildFailedError.
+   */
+  async *rebuild(projection: string, options: RebuildOptions = {}): AsyncGenerator<RebuildProgress, void, undefined> {
+    const call = this.adminService.adminRebuild({
+      projection,
+      strategy: options.inPlace ? RebuildStrategy.REBUILD_STRATEGY_IN_PLACE : RebuildStrategy.REBUILD_STRATEGY_BLUE_GREEN,
+    });
+    for await (const message of iterateCall(call)) {
+      const progress = message.progress;
+      if (!progress) {
+        continue;
+      }
+      yield progress;
+      if (progress.phase === RebuildProgress_Phase.PHASE_FAILED) {
+        throw new RebuildFailedError(progress);
+      }
+    }
+  }
+
+  /** Registers a projection (a definition, or the TOML text of a projection file). */
+  async registerProjection(definition: ProjectionDefinitionInput | string): Promise<ProjectionInfo> {
+    const request = typeof definition === "string"
+      ? { source: { $case: "toml" as const, value: definition } }
+      : { source: { $case: "definition" as const, value: toDefinition(definition) } };
+    const response = await unary<{ projection?: ProjectionInfo | undefined }>((cb) =>
+      this.adminService.registerProjection(request, new Metadata(), this.unaryOptions(), cb)
+    );
+    return required(response.projection, "projection");
+  }
+
+  /** One projection's status; NOT_FOUND for an unknown one. */
+  async getProjection(name: string): Promise<ProjectionInfo> {
+    const response = await unary<{ projection?: ProjectionInfo | undefined }>((cb) =>
+      this.adminService.getProjection({ name }, new Metadata(), this.unaryOptions(), cb)
+    );
+    return required(response.projection, "projection");
+  }
+
+  /** Every projection with its status, by name. */
+  async listProjections(): Promise<ProjectionInfo[]> {
+    const response = await unary<{ projections: ProjectionInfo[] }>((cb) =>
+      this.adminService.listProjections({}, new Metadata(), this.unaryOptions(), cb)
+    );
+    return response.projections;
+  }
+
+  /** Skipped events and dead letters, newest first. */
+  async listSystemMessages(options: ListSystemMessagesOptions = {}): Promise<SystemMessage[]> {
+    const request = {
+      projection: options.projection ?? "",
+      kind: options.kind ?? "",
+      includeArchived: options.includeArchived ?? false,
+      limit: options.limit ?? 0,
+    };
+    const response = await unary<{ messages: SystemMessage[] }>((cb) =>
+      this.adminService.listSystemMessages(request, new Metadata(), this.unaryOptions(), cb)
+    );
+    return response.messages;
+  }
+
+  /** Applies a projection's dead letters again; those that succeed are archived. */
+  async retryDeadLetters(projection: string): Promise<{ applied: bigint; stillFailing: bigint }> {
+    return unary<{ applied: bigint; stillFailing: bigint }>((cb) =>
+      this.adminService.retryDeadLetters({ projection }, new Metadata(), this.unaryOptions(), cb)
+    );
+  }
+
+  // ---- health --------------------------------------------------------------------------------
+
+  /**
+   * The gRPC health status of a service: "" (the server) by default, or
+   * "highwater.v1.EventStoreService". Throws (UNAVAILABLE) when the server cannot be reached.
+   */
+  health(service = ""): Promise<ServingStatus> {
+    return unary<ServingStatus>((cb) =>
+      this.generic.makeUnaryRequest(
+        HEALTH_CHECK_PATH,
+        (service: string) => encodeHealthCheckRequest(service),
+        decodeHealthCheckResponse,
+        service,
+        new Metadata(),
+        this.unaryOptions(),
+        cb,
+      )
+    );
+  }
+
+  /** Waits until the server reports "" and the event store SERVING, or throws after `timeoutMs`. */
+  async ready(timeoutMs = 30_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    let last: unknown;
+    for (;;) {
+      try {
+        if ((await this.health("")) === "SERVING" && (await this.health("highwater.v1.EventStoreService")) === "SERVING") {
+          return;
+        }
+        last = new Error("not serving yet");
+      } catch (err) {
+        last = err;
+      }
+      if (Date.now() >= deadline) {
+        throw new Error(`server at ${this.address} not ready after ${timeoutMs} ms: ${String(last)}`);
+      }
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  }
+
+  private unaryOptions(): Partial<CallOptions> {
+    return this.callTimeoutMs === undefined ? {} : { deadline: Date.now() + this.callTimeoutMs };
+  }
+}
+
+/** Decodes an event's data as JSON. */
+export function eventJson<T = unknown>(event: Pick<RecordedEvent, "data">): T {
+  return JSON.parse(Buffer.from(event.data).toString("utf8")) as T;
+}
+
+function unary<T>(invoke: (callback: (error: ServiceError | null, response?: T) => void) => unknown): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    invoke((error, response) => (error ? reject(toHighwaterError(error)) : resolve(response as T)));
+  });
+}
+
+/** Iterates a server-streaming call, turning its error into a HighwaterError and cancelling it when left early. */
+async function* iterateCall<T>(call: ClientReadableStream<T>): AsyncGenerator<T, void, undefined> {
+  // Errors reach the loop through the iterator; this keeps a late one (after a cancel) from being
+  // an unhandled 'error' event.
+  call.on("error", () => {});
+  try {
+    for await (const message of call as AsyncIterable<T>) {
+      yield message;
+    }
+  } catch (err) {
+    throw toHighwaterError(err);
+  } finally {
+    call.cancel();
+  }
+}
+
+function toExpected(expected: ExpectedRevision | undefined): { $case: "revision"; value: bigint } | { $case: "state"; value: ExpectedState } | undefined {
+  switch (expected) {
+    case undefined:
+      return undefined;
+    case "any":
+      return { $case: "state", value: ExpectedState.EXPECTED_STATE_ANY };
+    case "no-stream":
+      return { $case: "state", value: ExpectedState.EXPECTED_STATE_NO_STREAM };
+    case "exists":
+      return { $case: "state", value: ExpectedState.EXPECTED_STATE_STREAM_EXISTS };
+    default:
+      return { $case: "revision", value: toUint64(expected, "expectedRevision") };
+  }
+}
+
+function toProposedEvent(event: EventData): ProposedEvent {
+  return {
+    id: event.id ?? "",
+    type: event.type,
+    data: toBytes(event.data),
+    contentType: event.contentType ?? "",
+    metadata: { ...event.metadata },
+  };
+}
+
+function toBytes(data: unknown): Buffer {
+  if (data === undefined) {
+    return Buffer.alloc(0);
+  }
+  if (data instanceof Uint8Array) {
+    return Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  }
+  if (typeof data === "string") {
+    return Buffer.from(data, "utf8");
+  }
+  return Buffer.from(JSON.stringify(data), "utf8");
+}
+
+function toDefinition(input: ProjectionDefinitionInput): ProjectionDefinition {
+  return {
+    name: input.name,
+    version: input.version ?? 0,
+    mode: input.mode === "async" ? ProjectionMode.PROJECTION_MODE_ASYNC : ProjectionMode.PROJECTION_MODE_INLINE,
+    onError: input.onError === "skip" ? OnError.ON_ERROR_SKIP : OnError.ON_ERROR_FAIL,
+    setup: input.setup,
+    handlers: { ...input.handlers },
+  };
+}
+
+function required<T>(value: T | undefined, name: string): T {
+  if (value === undefined) {
+    throw new HighwaterError(Status.INTERNAL, `the server's response has no ${name}`);
+  }
+  return value;
+}

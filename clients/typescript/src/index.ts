@@ -1,0 +1,40 @@
+// @highwater/client: the Node.js client of the Highwater event store.
+
+export {
+  type AppendOptions,
+  type AppendResult,
+  Client,
+  type ClientOptions,
+  DEFAULT_CHANNEL_OPTIONS,
+  type EventData,
+  type EventFilter,
+  eventJson,
+  type ExpectedRevision,
+  type ListSystemMessagesOptions,
+  type ProjectionDefinitionInput,
+  type ReadAllOptions,
+  ReadResult,
+  type ReadStreamOptions,
+  type RebuildOptions,
+  RebuildFailedError,
+  type SubscribeAllOptions,
+  type SubscribeStreamOptions,
+} from "./client";
+export { type FieldViolation, HighwaterError, Status, WrongExpectedRevisionError } from "./errors";
+export type { ServingStatus } from "./health";
+export {
+  type ReconnectOptions,
+  Subscription,
+  type SubscriptionHooks,
+  type SubscriptionOptions,
+} from "./subscription";
+export { toUint64, U64_MAX, type Uint64Input } from "./uint64";
+export type { RecordedEvent, SubscriptionInfo } from "./gen/highwater/v1/event_store";
+export {
+  type ProjectionDefinition,
+  type ProjectionInfo,
+  type ProjectionVersion,
+  type RebuildProgress,
+  RebuildProgress_Phase,
+  type SystemMessage,
+} from "./gen/highwater/v1/admin";

@@ -1,0 +1,275 @@
+// Appends, reads, errors, checkpoints and stream subscriptions against a real server.
+
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import { randomUUID } from "node:crypto";
+import {
+  Client,
+  eventJson,
+  HighwaterError,
+  type RecordedEvent,
+  Status,
+  U64_MAX,
+  WrongExpectedRevisionError,
+} from "../src/index";
+import { TestServer } from "./support/server";
+
+describe("event store", { timeout: 120_000 }, () => {
+  const server = new TestServer();
+  let client: Client;
+
+  before(async () => {
+    await server.start();
+    client = new Client(server.address, { callTimeoutMs: 10_000 });
+  });
+
+  after(async () => {
+    client?.close();
+    await server.dispose();
+  });
+
+  const positionsOf = (events: RecordedEvent[]) => events.map((e) => e.position);
+  const revisionsOf = (events: RecordedEvent[]) => events.map((e) => e.revision);
+
+  test("health reports the server and the event store SERVING", async () => {
+    assert.equal(await client.health(), "SERVING");
+    assert.equal(await client.health("highwater.v1.EventStoreService"), "SERVING");
+    await client.ready(5_000);
+    await assert.rejects(client.health("no.such.Service"), (err: unknown) => {
+      assert.ok(err instanceof HighwaterError);
+      assert.equal(err.code, Status.NOT_FOUND);
+      return true;
+    });
+  });
+
+  test("append returns bigint revisions and dense positions; the expected revision is checked", async () => {
+    const first = await client.append("order-1", [
+      { type: "OrderPlaced", data: { total: 10 } },
+      { type: "OrderPaid", data: { amount: 10 } },
+    ], { expectedRevision: "no-stream" });
+    assert.equal(first.firstRevision, 0n);
+    assert.equal(first.lastRevision, 1n);
+    assert.equal(typeof first.firstPosition, "bigint");
+    assert.equal(first.lastPosition, first.firstPosition + 1n);
+
+    const second = await client.append("order-1", [{ type: "OrderShipped", data: {} }], { expectedRevision: 1n });
+    assert.equal(second.firstRevision, 2n);
+    assert.equal(second.lastRevision, 2n);
+    assert.equal(second.firstPosition, first.lastPosition + 1n);
+
+    // numbers and decimal strings are accepted for revisions too
+    const third = await client.append("order-1", [{ type: "OrderDelivered", data: {} }], { expectedRevision: 2 });
+    assert.equal(third.lastRevision, 3n);
+    const fourth = await client.append("order-1", [{ type: "OrderRated", data: {} }], { expectedRevision: "3" });
+    assert.equal(fourth.lastRevision, 4n);
+
+    const exists = await client.append("order-1", [{ type: "Noted", data: {} }], { expectedRevision: "exists" });
+    assert.equal(exists.lastRevision, 5n);
+    const any = await client.append("order-1", [{ type: "Noted", data: {} }], { expectedRevision: "any" });
+    assert.equal(any.lastRevision, 6n);
+    const unchecked = await client.append("order-1", [{ type: "Noted", data: {} }]);
+    assert.equal(unchecked.lastRevision, 7n);
+  });
+
+  test("a wrong expected revision is a WrongExpectedRevisionError (ABORTED) and writes nothing", async () => {
+    await client.append("conflict-1", [{ type: "Created", data: {} }], { expectedRevision: "no-stream" });
+
+    await assert.rejects(
+      client.append("conflict-1", [{ type: "Changed", data: {} }], { expectedRevision: 5 }),
+      (err: unknown) => {
+        assert.ok(err instanceof WrongExpectedRevisionError, `got ${String(err)}`);
+        assert.ok(err instanceof HighwaterError);
+        assert.ok(err instanceof Error);
+        assert.equal(err.code, Status.ABORTED);
+        assert.equal(err.codeName, "ABORTED");
+        assert.equal(err.reason, "WRONG_EXPECTED_REVISION");
+        assert.equal(err.stream, "conflict-1");
+        assert.equal(err.expected, "5");
+        assert.equal(err.actual, "0");
+        assert.match(err.details, /wrong expected revision/);
+        assert.match(err.message, /^ABORTED: .*conflict-1/);
+        return true;
+      },
+    );
+    await assert.rejects(
+      client.append("conflict-1", [{ type: "Created", data: {} }], { expectedRevision: "no-stream" }),
+      (err: unknown) => err instanceof WrongExpectedRevisionError && err.code === Status.ABORTED,
+    );
+    await assert.rejects(
+      client.append("conflict-missing", [{ type: "Changed", data: {} }], { expectedRevision: "exists" }),
+      (err: unknown) => err instanceof WrongExpectedRevisionError && err.code === Status.ABORTED,
+    );
+    await assert.rejects(
+      client.append("conflict-missing", [{ type: "Changed", data: {} }], { expectedRevision: 0 }),
+      WrongExpectedRevisionError,
+    );
+
+    const events = await client.readStream("conflict-1").toArray();
+    assert.deepEqual(events.map((e) => e.type), ["Created"]);
+    await assert.rejects(client.readStream("conflict-missing").toArray(), (err: unknown) =>
+      err instanceof HighwaterError && err.code === Status.NOT_FOUND);
+  });
+
+  test("appends are idempotent by event id", async () => {
+    const events = [
+      { id: randomUUID(), type: "Registered", data: { user: "ann" } },
+      { id: randomUUID(), type: "Verified", data: {} },
+    ];
+    const first = await client.append("user-ann", events, { expectedRevision: "no-stream" });
+    const again = await client.append("user-ann", events, { expectedRevision: "no-stream" });
+    assert.deepEqual(again, first);
+    const stored = await client.readStream("user-ann").toArray();
+    assert.deepEqual(stored.map((e) => e.id), events.map((e) => e.id));
+
+    await assert.rejects(
+      client.append("user-other", [{ id: events[0]!.id, type: "Registered", data: {} }]),
+      (err: unknown) => err instanceof HighwaterError && err.code === Status.ALREADY_EXISTS,
+    );
+  });
+
+  test("bad input is INVALID_ARGUMENT with the field named", async () => {
+    await assert.rejects(client.append("bad-1", [{ type: "", data: {} }]), (err: unknown) => {
+      assert.ok(err instanceof HighwaterError);
+      assert.equal(err.code, Status.INVALID_ARGUMENT);
+      assert.deepEqual(err.fieldViolations.map((v) => v.field), ["events[0].type"]);
+      return true;
+    });
+    await assert.rejects(client.append("bad-1", [{ type: "Ok", data: {} }, { type: "Broken", data: "{not json" }]), (err: unknown) => {
+      assert.ok(err instanceof HighwaterError);
+      assert.equal(err.code, Status.INVALID_ARGUMENT);
+      assert.deepEqual(err.fieldViolations.map((v) => v.field), ["events[1].data"]);
+      return true;
+    });
+    await assert.rejects(client.append("bad-1", []), (err: unknown) =>
+      err instanceof HighwaterError && err.code === Status.INVALID_ARGUMENT);
+    await assert.rejects(client.append("", [{ type: "Ok", data: {} }]), (err: unknown) =>
+      err instanceof HighwaterError && err.code === Status.INVALID_ARGUMENT);
+    await assert.rejects(client.readStream("bad-1").toArray(), (err: unknown) =>
+      err instanceof HighwaterError && err.code === Status.NOT_FOUND);
+
+    // uint64 arguments are checked before anything is sent
+    await assert.rejects(client.append("bad-1", [{ type: "Ok", data: {} }], { expectedRevision: -1 }), RangeError);
+    await assert.rejects(client.append("bad-1", [{ type: "Ok", data: {} }], { expectedRevision: U64_MAX + 1n }), RangeError);
+    await assert.rejects(client.append("bad-1", [{ type: "Ok", data: {} }], { expectedRevision: 1.5 }), RangeError);
+    assert.throws(() => client.readAll({ afterPosition: "ten" }), TypeError);
+  });
+
+  test("data, content type and metadata come back as written", async () => {
+    const binary = Uint8Array.from([0, 1, 2, 254, 255]);
+    await client.append("payload-1", [
+      { type: "Json", data: { nested: { list: [1, 2, 3] }, text: "héllo" }, metadata: { correlation: "c-1", user: "ann" } },
+      { type: "Binary", data: binary, contentType: "application/octet-stream" },
+      { type: "Text", data: '{"already":"json"}' },
+    ]);
+    const [json, bin, text] = await client.readStream("payload-1").toArray();
+    assert.ok(json && bin && text);
+    assert.deepEqual(eventJson(json), { nested: { list: [1, 2, 3] }, text: "héllo" });
+    assert.equal(json.contentType, "application/json");
+    assert.deepEqual(json.metadata, { correlation: "c-1", user: "ann" });
+    assert.ok(json.recordedAt instanceof Date);
+    assert.ok(Math.abs(json.recordedAt.getTime() - Date.now()) < 60_000);
+    assert.match(json.id, /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/);
+    assert.equal(json.stream, "payload-1");
+    assert.deepEqual(Uint8Array.from(bin.data), binary);
+    assert.equal(bin.contentType, "application/octet-stream");
+    assert.deepEqual(eventJson(text), { already: "json" });
+  });
+
+  test("readStream reads forwards, backwards, from a revision and up to a limit", async () => {
+    const stream = "read-1";
+    await client.append(stream, Array.from({ length: 10 }, (_, i) => ({ type: "Counted", data: { i } })));
+
+    const all = await client.readStream(stream).toArray();
+    assert.deepEqual(revisionsOf(all), [0n, 1n, 2n, 3n, 4n, 5n, 6n, 7n, 8n, 9n]);
+    assert.deepEqual(all.map((e) => eventJson<{ i: number }>(e).i), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+
+    assert.deepEqual(revisionsOf(await client.readStream(stream, { fromRevision: 7 }).toArray()), [7n, 8n, 9n]);
+    assert.deepEqual(revisionsOf(await client.readStream(stream, { fromRevision: 2n, limit: 3 }).toArray()), [2n, 3n, 4n]);
+    assert.deepEqual(revisionsOf(await client.readStream(stream, { backwards: true, limit: 3 }).toArray()), [9n, 8n, 7n]);
+    assert.deepEqual(revisionsOf(await client.readStream(stream, { backwards: true, fromRevision: 2 }).toArray()), [2n, 1n, 0n]);
+    assert.deepEqual(await client.readStream(stream, { fromRevision: 10 }).toArray(), []);
+
+    // a ReadResult can be iterated again, and left early
+    const result = client.readStream(stream);
+    let seen = 0;
+    for await (const event of result) {
+      assert.equal(event.stream, stream);
+      if (++seen === 2) break;
+    }
+    assert.equal(seen, 2);
+    assert.equal((await result.toArray()).length, 10);
+  });
+
+  test("readAll reads the global log in position order", async () => {
+    const before = await client.readAll({ backwards: true, limit: 1 }).toArray();
+    const head = before[0]?.position ?? 0n;
+    const appended = await client.append("readall-1", [
+      { type: "A", data: {} },
+      { type: "B", data: {} },
+      { type: "C", data: {} },
+    ]);
+    assert.equal(appended.firstPosition, head + 1n);
+
+    const everything = await client.readAll().toArray();
+    assert.deepEqual(positionsOf(everything), everything.map((_, i) => BigInt(i + 1)));
+    assert.equal(everything.at(-1)?.position, appended.lastPosition);
+
+    const tail = await client.readAll({ afterPosition: head }).toArray();
+    assert.deepEqual(tail.map((e) => e.type), ["A", "B", "C"]);
+    assert.deepEqual(positionsOf(await client.readAll({ afterPosition: head, limit: 2 }).toArray()), [head + 1n, head + 2n]);
+
+    const last = await client.readAll({ backwards: true, limit: 1 }).toArray();
+    assert.deepEqual(last.map((e) => e.type), ["C"]);
+    const backwardsFrom = await client.readAll({ backwards: true, afterPosition: head + 2n, limit: 2 }).toArray();
+    assert.deepEqual(positionsOf(backwardsFrom), [head + 2n, head + 1n]);
+  });
+
+  test("checkpoints are saved, never move backwards, are listed and deleted", async () => {
+    await client.append("cp-1", Array.from({ length: 5 }, () => ({ type: "Tick", data: {} })));
+    const head = (await client.readAll({ backwards: true, limit: 1 }).toArray())[0]!.position;
+
+    assert.equal(await client.saveCheckpoint("cp-reader", head - 2n), head - 2n);
+    assert.equal(await client.saveCheckpoint("cp-reader", head - 4n), head - 2n, "an older position is ignored");
+    assert.equal(await client.saveCheckpoint("cp-reader", head), head);
+
+    const listed = (await client.listSubscriptions()).find((s) => s.name === "cp-reader");
+    assert.ok(listed, "the subscription is listed");
+    assert.equal(listed.position, head);
+    assert.equal(listed.lag, 0n);
+    assert.ok(listed.updatedAt instanceof Date);
+
+    await client.deleteSubscription("cp-reader");
+    assert.equal((await client.listSubscriptions()).find((s) => s.name === "cp-reader"), undefined);
+    await assert.rejects(client.deleteSubscription("cp-reader"), (err: unknown) =>
+      err instanceof HighwaterError && err.code === Status.NOT_FOUND);
+    await assert.rejects(client.saveCheckpoint("", 1), (err: unknown) =>
+      err instanceof HighwaterError && err.code === Status.INVALID_ARGUMENT);
+  });
+
+  test("subscribeStream follows one stream, from a revision, before it exists", async () => {
+    const stream = `followed-${randomUUID()}`;
+    const seen: RecordedEvent[] = [];
+    const sub = client.subscribeStream(stream);
+    const done = (async () => {
+      for await (const event of sub) {
+        seen.push(event);
+        if (seen.length === 4) break;
+      }
+    })();
+    await client.append(stream, [{ type: "One", data: {} }, { type: "Two", data: {} }]);
+    await client.append("unrelated-stream", [{ type: "Other", data: {} }]);
+    await client.append(stream, [{ type: "Three", data: {} }, { type: "Four", data: {} }]);
+    await done;
+    assert.deepEqual(seen.map((e) => e.type), ["One", "Two", "Three", "Four"]);
+    assert.deepEqual(revisionsOf(seen), [0n, 1n, 2n, 3n]);
+    assert.equal(sub.revision, 3n);
+    assert.equal(sub.isClosed, true);
+
+    const fromTwo: string[] = [];
+    for await (const event of client.subscribeStream(stream, { fromRevision: 2 })) {
+      fromTwo.push(event.type);
+      if (fromTwo.length === 2) break;
+    }
+    assert.deepEqual(fromTwo, ["Three", "Four"]);
+  });
+});
