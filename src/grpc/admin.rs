@@ -233,7 +233,7 @@ fn progress_message(progress: &Progress) -> pb::RebuildProgress {
     };
     pb::RebuildProgress {
         phase: phase as i32,
-        version: progress.version as u64,
+        version: progress.version as u32,
         position: progress.position,
         head: progress.head,
         events_per_second: progress.events_per_second,

@@ -65,6 +65,8 @@ pub struct Projections {
     hub: Arc<Hub>,
     /// Progress of the rebuilds this process runs, by projection.
     rebuilds: Mutex<HashMap<String, watch::Receiver<Progress>>>,
+    /// Held while a rebuild starts, so that concurrent starts on this process join one rebuild.
+    rebuild_start: tokio::sync::Mutex<()>,
 }
 
 /// A projection as an operator sees it.
@@ -114,6 +116,7 @@ impl Projections {
             settings,
             hub,
             rebuilds: Mutex::default(),
+            rebuild_start: tokio::sync::Mutex::default(),
         }
     }
 

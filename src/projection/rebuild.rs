@@ -95,13 +95,16 @@ impl Projections {
         name: &str,
         strategy: Strategy,
     ) -> Result<watch::Receiver<Progress>> {
+        // Two callers on this process must not race for the advisory lock: the loser would be
+        // told that its own node is rebuilding. The second one waits here, then joins.
+        let _starting = self.rebuild_start.lock().await;
         if let Some(running) = self.running_rebuild(name) {
             return Ok(running);
         }
         let mut connection = self.dedicated_connection(REBUILD_APPLICATION).await?;
-        let Some((active, _)) = versions::projection(&mut connection, name).await? else {
+        if versions::projection(&mut connection, name).await?.is_none() {
             return Err(Error::ProjectionNotFound(name.to_string()));
-        };
+        }
         let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(keys::rebuild_key(name))
             .fetch_one(&mut connection)
@@ -138,7 +141,8 @@ impl Projections {
         }
         let (sender, receiver) = watch::channel(Progress {
             phase: Phase::Starting,
-            version: active.unwrap_or(0),
+            // Not chosen yet: the run picks the version (the active one or the next).
+            version: 0,
             position: 0,
             head: 0,
             events_per_second: 0.0,
@@ -198,6 +202,7 @@ impl RebuildRun<'_> {
         let (target, strategy) = self.prepare(requested).await?;
         let definition = target.definition.clone();
         let version = target.version;
+        self.progress.send_modify(|p| p.version = version);
         versions::install_apply_function(&mut self.connection, &definition, version).await?;
         info!(
             projection = self.name,

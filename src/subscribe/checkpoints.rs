@@ -32,17 +32,24 @@ pub async fn open(pool: &PgPool, name: &str) -> Result<u64> {
     Ok(position as u64)
 }
 
-/// Moves the checkpoint forward (never back); returns the stored position.
-pub async fn save(pool: &PgPool, name: &str, position: u64) -> Result<u64> {
+/// Refuses a position past the log's last one: a checkpoint or start from another database (or a
+/// client's bug) would otherwise silently skip the events later committed up to it.
+pub async fn check_within_log(pool: &PgPool, field: &str, position: u64) -> Result<()> {
     let head: i64 = sqlx::query_scalar("SELECT position FROM log_head")
         .fetch_one(pool)
         .await?;
     if to_i64(position) > head {
         return Err(Error::invalid(
-            "position",
+            field,
             format!("position {position} is beyond the log's last position {head}"),
         ));
     }
+    Ok(())
+}
+
+/// Moves the checkpoint forward (never back); returns the stored position.
+pub async fn save(pool: &PgPool, name: &str, position: u64) -> Result<u64> {
+    check_within_log(pool, "position", position).await?;
     let stored: i64 = sqlx::query_scalar(
         "INSERT INTO subscriptions AS s (name, position) VALUES ($1, $2)
          ON CONFLICT (name) DO UPDATE

@@ -80,7 +80,10 @@ impl Subscriptions {
         checkpoint_interval: u64,
     ) -> Result<Subscription> {
         let (name, after) = match start {
-            AllStart::After(position) => (None, Some(position)),
+            AllStart::After(position) => {
+                checkpoints::check_within_log(&self.pool, "after_position", position).await?;
+                (None, Some(position))
+            }
             AllStart::End => (None, None),
             AllStart::Durable(name) => {
                 check_name("subscription", &name)?;

@@ -210,6 +210,38 @@ async fn an_inline_projection_equals_the_fold_of_the_log_after_concurrent_append
 }
 
 #[tokio::test]
+async fn concurrent_rebuild_calls_on_one_server_watch_one_rebuild() {
+    let mut app = TestApp::spawn_with(&["--projections", EXAMPLES]).await;
+    let mut admin = admin(app.server.endpoint()).await;
+    wait_active(&mut admin, "cart_summary", 1, Duration::from_secs(10)).await;
+    append_carts(&mut app.client, 0, 0, 50).await;
+
+    let callers: Vec<_> = (0..4)
+        .map(|_| {
+            let endpoint = app.server.endpoint();
+            tokio::spawn(async move {
+                let mut caller = AdminServiceClient::connect(endpoint).await.unwrap();
+                rebuild(&mut caller, "cart_summary", RebuildStrategy::BlueGreen).await
+            })
+        })
+        .collect();
+    let all = futures::future::join_all(callers).await;
+    for progress in all {
+        let progress = progress.unwrap();
+        let last = progress.last().unwrap();
+        assert_eq!(last.phase(), Phase::Done, "{progress:?}");
+        assert_eq!(last.version, 2, "one rebuild, to version 2: {progress:?}");
+        // The version is 0 until chosen, then the one being built: never the active one.
+        assert!(
+            progress.iter().all(|p| p.version == 0 || p.version == 2),
+            "{progress:?}"
+        );
+    }
+    let info = projection(&mut admin, "cart_summary").await;
+    assert_eq!(info.active_version, 2);
+}
+
+#[tokio::test]
 async fn a_blue_green_rebuild_under_appends_never_empties_the_view() {
     let mut app =
         TestApp::spawn_with(&["--projections", EXAMPLES, "--projection-batch-size", "200"]).await;

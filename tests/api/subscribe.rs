@@ -356,9 +356,22 @@ async fn a_durable_subscription_resumes_after_its_saved_checkpoint() {
         .unwrap()
         .into_inner();
     assert_eq!(older.position, 12);
-    // Not beyond the log.
+    // Not beyond the log, neither as a checkpoint nor as a start.
     let status = app.client.save_checkpoint(save(1000)).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
+    let request = SubscribeAllRequest {
+        start: Some(Start::AfterPosition(21)),
+        filter: None,
+        checkpoint_interval: 0,
+    };
+    let status = app.client.subscribe_all(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .contains("beyond the log's last position 20"),
+        "{status:?}"
+    );
     drop(stream);
 
     for i in 20..25 {
