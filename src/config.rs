@@ -78,7 +78,9 @@ pub struct ServeConfig {
     )]
     pub rebuild_heartbeat_timeout_ms: u64,
 
-    /// Milliseconds between looks for async projections to run and rebuilds to take over.
+    /// Milliseconds between checks of another server's rebuild heartbeat (to take it over when it
+    /// stops) and between attempts to lead an async projection. Catalog changes are notified, so an
+    /// idle server does not poll.
     #[arg(long, env = "HIGHWATER_PROJECTION_SUPERVISE_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(10..))]
     pub projection_supervise_ms: u64,
 

@@ -25,26 +25,36 @@ const ATTEMPTS: u32 = 3;
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 
 impl Projections {
-    /// Every `supervise_interval`: start workers for async projections this process does not run
-    /// yet, and resume rebuilds whose heartbeat is stale and whose lock is free.
+    /// Starts workers for async projections this process does not run yet, and resumes rebuilds
+    /// whose heartbeat is stale and whose lock is free. Looks again whenever the catalog changes
+    /// (a notification), and every `supervise_interval` while another process rebuilds (its
+    /// heartbeat must be watched) or after an error; otherwise it sends no query while idle.
     pub async fn supervise(self: Arc<Self>, stop: watch::Receiver<bool>) {
         let mut workers: HashSet<String> = HashSet::new();
+        let mut changes = self.hub.projection_changes();
         loop {
-            if let Err(error) = self.supervise_once(&mut workers, &stop).await {
-                warn!(%error, "projection supervisor");
-            }
+            changes.mark_unchanged();
+            let watch_heartbeats = match self.supervise_once(&mut workers, &stop).await {
+                Ok(remote_rebuilds) => remote_rebuilds,
+                Err(error) => {
+                    warn!(%error, "projection supervisor");
+                    true
+                }
+            };
             tokio::select! {
                 () = stopped(stop.clone()) => return,
-                _ = tokio::time::sleep(self.settings.supervise_interval) => {}
+                changed = changes.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(self.settings.supervise_interval), if watch_heartbeats => {}
             }
         }
     }
 
+    /// One look at the catalog; Ok(true) if another process is rebuilding something.
     async fn supervise_once(
         self: &Arc<Self>,
         workers: &mut HashSet<String>,
         stop: &watch::Receiver<bool>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let async_projections: Vec<String> = sqlx::query_scalar(
             "SELECT name FROM projections WHERE mode = 'async' AND active_version IS NOT NULL",
         )
@@ -61,10 +71,12 @@ impl Projections {
         )
         .fetch_all(&self.pool)
         .await?;
+        let mut remote_rebuilds = false;
         for (name, strategy, heartbeat_us) in stale {
             if self.local_progress(&name).is_some_and(|p| !p.is_finished()) {
                 continue;
             }
+            remote_rebuilds = true;
             if rebuild::heartbeat_expired(heartbeat_us, self.settings.heartbeat_timeout) {
                 let strategy = Strategy::parse(strategy.as_deref().unwrap_or("blue_green"));
                 match self.rebuild(&name, strategy).await {
@@ -74,7 +86,7 @@ impl Projections {
                 }
             }
         }
-        Ok(())
+        Ok(remote_rebuilds)
     }
 
     /// Runs one async projection while this process holds its leadership lock.

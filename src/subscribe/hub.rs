@@ -33,6 +33,8 @@ use crate::{
 
 /// The channel `highwater_append` notifies on commit, with the new head as payload.
 pub const CHANNEL: &str = "highwater_appended";
+/// The channel a trigger notifies when projections or their versions change state.
+pub const PROJECTIONS_CHANNEL: &str = "highwater_projections";
 /// Shown in `pg_stat_activity` for the hub's LISTEN connection.
 pub const APPLICATION_NAME: &str = "highwater-hub";
 const RETRY_FIRST: Duration = Duration::from_millis(100);
@@ -51,6 +53,9 @@ pub struct Hub {
     /// The head, for tasks that wait for new commits without receiving the events (async
     /// projection workers).
     head_changes: watch::Sender<u64>,
+    /// Counts projection catalog changes (and reconnections of the LISTEN connection, which
+    /// may have missed some), for the projection supervisor, which waits on it when idle.
+    projection_changes: watch::Sender<u64>,
     registry: Arc<Registry>,
 }
 
@@ -68,7 +73,7 @@ impl Hub {
             .max_connections(1)
             .connect_lazy_with(options.clone().application_name(APPLICATION_NAME));
         let mut listener = PgListener::connect_with(&listen_pool).await?;
-        listener.listen(CHANNEL).await?;
+        listener.listen_all([CHANNEL, PROJECTIONS_CHANNEL]).await?;
         let head: i64 = sqlx::query_scalar("SELECT position FROM log_head")
             .fetch_one(&pool)
             .await?;
@@ -77,6 +82,7 @@ impl Hub {
             batches,
             head: AtomicU64::new(head as u64),
             head_changes: watch::Sender::new(head as u64),
+            projection_changes: watch::Sender::new(0),
             registry,
         });
         let task = tokio::spawn(hub.clone().follow(pool, listener, stop));
@@ -91,6 +97,15 @@ impl Hub {
     /// Follows the head: changes whenever new commits are seen.
     pub fn head_watch(&self) -> watch::Receiver<u64> {
         self.head_changes.subscribe()
+    }
+
+    /// Changes whenever the projection catalog may have changed.
+    pub fn projection_changes(&self) -> watch::Receiver<u64> {
+        self.projection_changes.subscribe()
+    }
+
+    fn projections_changed(&self) {
+        self.projection_changes.send_modify(|count| *count += 1);
     }
 
     /// The last position broadcast.
@@ -140,6 +155,9 @@ impl Hub {
                 received = listener.try_recv() => received,
             };
             match received {
+                Ok(Some(notification)) if notification.channel() == PROJECTIONS_CHANNEL => {
+                    self.projections_changed();
+                }
                 Ok(Some(notification)) => {
                     let target = notification.payload().parse::<u64>().unwrap_or(u64::MAX);
                     if target > self.head() {
@@ -151,6 +169,7 @@ impl Hub {
                         "hub LISTEN connection was lost and is reconnected; reading what committed meanwhile"
                     );
                     catch_up_to = Some(u64::MAX);
+                    self.projections_changed();
                 }
                 Err(error) => {
                     warn!(%error, retry_in_ms = delay.as_millis() as u64, "hub LISTEN connection failed");
@@ -160,6 +179,7 @@ impl Hub {
                     }
                     delay = (delay * 2).min(RETRY_MAX);
                     catch_up_to = Some(u64::MAX);
+                    self.projections_changed();
                 }
             }
         }

@@ -500,7 +500,8 @@ ON CONFLICT (stream) DO UPDATE SET total = c.total + EXCLUDED.total
 
 #[tokio::test]
 async fn an_async_projection_catches_up_dead_letters_a_poison_event_and_retries_it_once_fixed() {
-    let mut app = TestApp::spawn_with(&["--projection-supervise-ms", "100"]).await;
+    // No polling to fall back on: the worker starts because the catalog change is notified.
+    let mut app = TestApp::spawn_with(&["--projection-supervise-ms", "600000"]).await;
     let mut admin = admin(app.server.endpoint()).await;
     for i in 1..=200 {
         app.append(append_request(
