@@ -473,6 +473,7 @@ async fn workloads(
             config.idle_subscribers,
             Duration::from_secs(config.idle_secs),
             server_url,
+            raw_url,
         )
         .await?;
     }
@@ -792,6 +793,7 @@ async fn idle_subscribers(
     count: usize,
     idle: Duration,
     server_url: &str,
+    observer_url: &str,
 ) -> Result<()> {
     let before = server.rss_kib();
     let channels = count.div_ceil(100).max(1);
@@ -808,24 +810,28 @@ async fn idle_subscribers(
     // Statistics reach pg_stat_database with a delay (up to 10 s, PGSTAT_IDLE_INTERVAL): let the
     // subscriptions' own start-up statements land before the first reading.
     tokio::time::sleep(Duration::from_secs(11).min(idle + Duration::from_secs(1))).await;
-    let mut connection = PgConnection::connect(server_url).await?;
-    let transactions = "SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database WHERE datname = current_database()";
-    sqlx::query("SELECT pg_stat_clear_snapshot()")
-        .execute(&mut connection)
-        .await?;
-    let first: i64 = sqlx::query_scalar(transactions)
-        .fetch_one(&mut connection)
-        .await?;
+    // Read from another database, so that these readings are not counted themselves.
+    let server_db = server_url
+        .parse::<PgConnectOptions>()
+        .map_err(|e| Error::Startup(format!("invalid database URL: {e}")))?
+        .get_database()
+        .unwrap_or_default()
+        .to_string();
+    let mut connection = PgConnection::connect(observer_url).await?;
+    let transactions =
+        "SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database WHERE datname = $1";
+    let mut reading = async || -> Result<i64> {
+        sqlx::query("SELECT pg_stat_clear_snapshot()")
+            .execute(&mut connection)
+            .await?;
+        Ok(sqlx::query_scalar(transactions)
+            .bind(&server_db)
+            .fetch_one(&mut connection)
+            .await?)
+    };
+    let first = reading().await?;
     tokio::time::sleep(idle).await;
-    sqlx::query("SELECT pg_stat_clear_snapshot()")
-        .execute(&mut connection)
-        .await?;
-    let second: i64 = sqlx::query_scalar(transactions)
-        .fetch_one(&mut connection)
-        .await?;
-    // Our own statements between the two readings: the clear and the second read (and the
-    // statistics are flushed with a delay, so this is a floor).
-    let ours = 2;
+    let second = reading().await?;
     drop(streams);
     drop(clients);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -840,7 +846,7 @@ async fn idle_subscribers(
     println!(
         "  database transactions in {}s idle: {}",
         idle.as_secs(),
-        (second - first - ours).max(0)
+        second - first
     );
     Ok(())
 }

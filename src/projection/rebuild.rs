@@ -333,9 +333,12 @@ impl RebuildRun<'_> {
     async fn backfill(&mut self, definition: &Definition, version: i32) -> Result<()> {
         let batch_size = self.projections.settings.batch_size;
         let mut scanned_since_start = 0u64;
+        // The head is known from the first message on, so that progress has a goal at once.
+        let start_head = versions::head(&mut self.connection).await?;
         self.progress.send_modify(|p| {
             p.phase = Phase::Backfilling;
             p.version = version;
+            p.head = start_head;
         });
         loop {
             let mut transaction = self.connection.begin().await?;

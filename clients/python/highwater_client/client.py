@@ -1,0 +1,505 @@
+"""The hand-written layer over the generated stubs: `Client` and its resuming subscriptions."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Iterable, Iterator, List, Optional, Sequence, Union
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ._proto.highwater.v1 import admin_pb2, admin_pb2_grpc, event_store_pb2, event_store_pb2_grpc
+from .errors import HighwaterError, Unavailable, from_rpc_error
+from .models import (
+    AppendResult,
+    Checkpoint,
+    NewEvent,
+    ProjectionInfo,
+    RebuildProgress,
+    RecordedEvent,
+    RetryResult,
+    SubscriptionInfo,
+    SystemMessage,
+)
+
+log = logging.getLogger("highwater_client")
+
+# The protocol's "from the end" for backwards reads.
+U64_MAX = 2**64 - 1
+
+ExpectedRevision = Union[int, str]
+_EXPECTED_STATES = {
+    "any": event_store_pb2.EXPECTED_STATE_ANY,
+    "no-stream": event_store_pb2.EXPECTED_STATE_NO_STREAM,
+    "exists": event_store_pb2.EXPECTED_STATE_STREAM_EXISTS,
+}
+
+# Short reconnect backoff in the channel itself: gRPC's default grows to two minutes, which would
+# keep a resuming subscription waiting long after a restarted server is back.
+_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
+
+@dataclass
+class RetryPolicy:
+    """How a subscription reconnects after its stream breaks.
+
+    Waits start at `initial_backoff` seconds and grow by `multiplier` up to `max_backoff` (each
+    with random jitter). After `give_up_after` seconds without receiving anything the last error
+    is raised (None: retry forever). Only errors with one of `codes` are retried; a stream that
+    ends without an error (the server closed it) is retried too, as a subscription never ends
+    on its own.
+    """
+
+    initial_backoff: float = 0.1
+    max_backoff: float = 5.0
+    multiplier: float = 2.0
+    give_up_after: Optional[float] = 60.0
+    codes: Sequence[grpc.StatusCode] = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+class Client:
+    """A connection to one Highwater server.
+
+    Unary calls use `timeout` seconds as their deadline. Failures are raised as HighwaterError
+    subclasses (see highwater_client.errors). Use as a context manager, or call close().
+    """
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        timeout: float = 30.0,
+        retry: Optional[RetryPolicy] = None,
+        channel: Optional[grpc.Channel] = None,
+    ):
+        self.target = target
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self.channel = channel or grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        # The generated stubs, for anything this layer does not wrap.
+        self.event_store = event_store_pb2_grpc.EventStoreServiceStub(self.channel)
+        self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
+        self._health = health_pb2_grpc.HealthStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _call(self, method, request):
+        try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+
+    @staticmethod
+    def _stream(call) -> Iterator:
+        try:
+            yield from call
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        finally:
+            call.cancel()  # no-op when finished; stops the server's work if the caller stopped
+
+    # --- Health ---------------------------------------------------------------------------------
+
+    def health(self, service: str = "") -> str:
+        """The server's health status name, such as "SERVING" or "NOT_SERVING"."""
+        response = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service))
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    def wait_until_ready(self, timeout: float = 30.0) -> None:
+        """Waits until the event store reports SERVING; raises Unavailable after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        last: object = None
+        while time.monotonic() < deadline:
+            try:
+                if self.health("highwater.v1.EventStoreService") == "SERVING":
+                    return
+                last = "NOT_SERVING"
+            except HighwaterError as e:
+                last = e
+            time.sleep(0.1)
+        raise Unavailable(f"server at {self.target} not ready after {timeout}s: {last}")
+
+    # --- Writing and reading --------------------------------------------------------------------
+
+    def append(
+        self,
+        stream: str,
+        events: Union[NewEvent, Iterable[NewEvent]],
+        expected_revision: ExpectedRevision = "any",
+    ) -> AppendResult:
+        """Appends events to a stream atomically.
+
+        `expected_revision` is the revision the stream's last event must have (an int), or one of
+        "any" (no check), "no-stream" (the stream must not exist) or "exists". A failed check raises
+        WrongExpectedRevision. Appending the same NewEvent objects again is a safe retry.
+        """
+        if isinstance(events, NewEvent):
+            events = [events]
+        request = event_store_pb2.AppendRequest(
+            stream=stream, events=[e.to_proto() for e in events]
+        )
+        if isinstance(expected_revision, bool) or not isinstance(expected_revision, (int, str)):
+            raise TypeError(f"expected_revision must be an int or a string, not {expected_revision!r}")
+        if isinstance(expected_revision, int):
+            if expected_revision < 0:
+                raise ValueError("expected_revision must be >= 0")
+            request.revision = expected_revision
+        elif expected_revision in _EXPECTED_STATES:
+            request.state = _EXPECTED_STATES[expected_revision]
+        else:
+            raise ValueError(
+                f"expected_revision must be an int or one of {sorted(_EXPECTED_STATES)}, "
+                f"not {expected_revision!r}"
+            )
+        r = self._call(self.event_store.Append, request)
+        return AppendResult(r.first_revision, r.last_revision, r.first_position, r.last_position)
+
+    def read_stream(
+        self,
+        stream: str,
+        from_revision: Optional[int] = None,
+        backwards: bool = False,
+        limit: Optional[int] = None,
+    ) -> Iterator[RecordedEvent]:
+        """Iterates over a stream's events, from `from_revision` (inclusive).
+
+        `from_revision` defaults to the stream's start, or to its last event when reading
+        backwards. Raises NotFound (when iterated) if the stream does not exist.
+        """
+        if from_revision is None:
+            from_revision = U64_MAX if backwards else 0
+        call = self.event_store.ReadStream(
+            event_store_pb2.ReadStreamRequest(
+                stream=stream,
+                from_revision=from_revision,
+                direction=_direction(backwards),
+                max_count=limit or 0,
+            )
+        )
+        return (RecordedEvent.from_proto(m.event) for m in self._stream(call))
+
+    def read_all(
+        self,
+        after_position: Optional[int] = None,
+        backwards: bool = False,
+        limit: Optional[int] = None,
+    ) -> Iterator[RecordedEvent]:
+        """Iterates over the global log.
+
+        Forwards: events with positions above `after_position` (default 0, the whole log).
+        Backwards: positions at or below `after_position` (default: from the last event) downwards.
+        """
+        if after_position is None:
+            after_position = U64_MAX if backwards else 0
+        call = self.event_store.ReadAll(
+            event_store_pb2.ReadAllRequest(
+                after_position=after_position,
+                direction=_direction(backwards),
+                max_count=limit or 0,
+            )
+        )
+        return (RecordedEvent.from_proto(m.event) for m in self._stream(call))
+
+    def head_position(self) -> int:
+        """The log's last position (0 for an empty store)."""
+        last = next(iter(self.read_all(backwards=True, limit=1)), None)
+        return last.position if last else 0
+
+    # --- Subscriptions --------------------------------------------------------------------------
+
+    def subscribe_all(
+        self,
+        subscription: Optional[str] = None,
+        *,
+        after_position: Optional[int] = None,
+        from_end: bool = False,
+        stream_prefixes: Sequence[str] = (),
+        event_types: Sequence[str] = (),
+        checkpoint_interval: int = 0,
+        checkpoints: bool = False,
+        retry: Optional[RetryPolicy] = None,
+    ) -> "AllSubscription":
+        """Follows the global log; returns an iterator of RecordedEvent.
+
+        Start (one at most): a durable `subscription` name (after its stored checkpoint, created at
+        0 if missing), `after_position` (default 0: everything), or `from_end` (only what commits
+        after this call). When the connection drops, the iterator reconnects with backoff and
+        resumes right after the last position it received, so it yields every event once, in order.
+        It does not save the durable checkpoint: call save_checkpoint() once events are processed.
+        With `checkpoints=True` it also yields Checkpoint values (position reached, caught up...).
+        """
+        if sum((subscription is not None, after_position is not None, from_end)) > 1:
+            raise ValueError("give at most one of subscription, after_position and from_end")
+        if from_end:
+            # Pinned to a position now, so that a reconnect cannot skip what committed meanwhile.
+            after_position = self.head_position()
+        elif subscription is None and after_position is None:
+            after_position = 0
+        return AllSubscription(
+            self,
+            subscription=subscription,
+            after_position=after_position,
+            filter=event_store_pb2.Filter(
+                stream_prefixes=list(stream_prefixes), event_types=list(event_types)
+            ),
+            checkpoint_interval=checkpoint_interval,
+            checkpoints=checkpoints,
+            retry=retry or self.retry,
+        )
+
+    def subscribe_stream(
+        self,
+        stream: str,
+        from_revision: int = 0,
+        *,
+        checkpoints: bool = False,
+        retry: Optional[RetryPolicy] = None,
+    ) -> "StreamSubscription":
+        """Follows one stream from `from_revision` (inclusive), history then live; the stream need
+        not exist yet. Reconnects like subscribe_all, resuming after the last revision received."""
+        return StreamSubscription(
+            self, stream, from_revision, checkpoints=checkpoints, retry=retry or self.retry
+        )
+
+    def save_checkpoint(self, subscription: str, position: int) -> int:
+        """Stores a durable subscription's checkpoint; returns the stored position (which never
+        moves backwards: an older position leaves the stored one)."""
+        request = event_store_pb2.SaveCheckpointRequest(subscription=subscription, position=position)
+        return self._call(self.event_store.SaveCheckpoint, request).position
+
+    def list_subscriptions(self) -> List[SubscriptionInfo]:
+        """Every durable subscription with its checkpoint and lag, by name."""
+        r = self._call(self.event_store.ListSubscriptions, event_store_pb2.ListSubscriptionsRequest())
+        return [SubscriptionInfo(s.name, s.position, s.lag) for s in r.subscriptions]
+
+    def delete_subscription(self, subscription: str) -> None:
+        """Deletes a durable subscription; NotFound if there is none of that name."""
+        request = event_store_pb2.DeleteSubscriptionRequest(subscription=subscription)
+        self._call(self.event_store.DeleteSubscription, request)
+
+    # --- Projections ----------------------------------------------------------------------------
+
+    def rebuild(self, projection: str, in_place: bool = False) -> Iterator[RebuildProgress]:
+        """Rebuilds a projection on the server, yielding its progress until the phase is DONE or
+        FAILED (check `.phase` and `.error` of the last one). Blue/green unless `in_place`."""
+        strategy = (
+            admin_pb2.REBUILD_STRATEGY_IN_PLACE if in_place else admin_pb2.REBUILD_STRATEGY_BLUE_GREEN
+        )
+        call = self.admin.AdminRebuild(
+            admin_pb2.AdminRebuildRequest(projection=projection, strategy=strategy)
+        )
+        return (RebuildProgress.from_proto(m.progress) for m in self._stream(call))
+
+    def register_projection(
+        self, toml: Optional[str] = None, *, definition: Optional[admin_pb2.ProjectionDefinition] = None
+    ) -> ProjectionInfo:
+        """Registers a projection from the text of a TOML definition file, or a structured
+        ProjectionDefinition message. InvalidArgument names what the server refused."""
+        if (toml is None) == (definition is None):
+            raise ValueError("give exactly one of toml and definition")
+        request = (
+            admin_pb2.RegisterProjectionRequest(toml=toml)
+            if toml is not None
+            else admin_pb2.RegisterProjectionRequest(definition=definition)
+        )
+        return ProjectionInfo.from_proto(self._call(self.admin.RegisterProjection, request).projection)
+
+    def get_projection(self, name: str) -> ProjectionInfo:
+        """One projection's status; NotFound for an unknown name."""
+        request = admin_pb2.GetProjectionRequest(name=name)
+        return ProjectionInfo.from_proto(self._call(self.admin.GetProjection, request).projection)
+
+    def list_projections(self) -> List[ProjectionInfo]:
+        r = self._call(self.admin.ListProjections, admin_pb2.ListProjectionsRequest())
+        return [ProjectionInfo.from_proto(p) for p in r.projections]
+
+    def list_system_messages(
+        self, projection: str = "", kind: str = "", include_archived: bool = False, limit: int = 0
+    ) -> List[SystemMessage]:
+        """Skipped events and dead letters, newest first (`kind`: "skip" or "dead_letter")."""
+        request = admin_pb2.ListSystemMessagesRequest(
+            projection=projection, kind=kind, include_archived=include_archived, limit=limit
+        )
+        r = self._call(self.admin.ListSystemMessages, request)
+        return [
+            SystemMessage(
+                m.id, m.projection, m.version, m.position, m.kind, m.reason, m.HasField("archived_at")
+            )
+            for m in r.messages
+        ]
+
+    def retry_dead_letters(self, projection: str) -> RetryResult:
+        request = admin_pb2.RetryDeadLettersRequest(projection=projection)
+        r = self._call(self.admin.RetryDeadLetters, request)
+        return RetryResult(r.applied, r.still_failing)
+
+
+def _direction(backwards: bool) -> int:
+    return event_store_pb2.DIRECTION_BACKWARDS if backwards else event_store_pb2.DIRECTION_FORWARDS
+
+
+class _ResumingSubscription:
+    """An iterator over a server stream of events that reconnects when the stream breaks.
+
+    Subclasses say how to open the stream from the current state (`_open`), and keep that state
+    up to date as messages arrive (`_is_new`, `_advance`). close() (from any thread) ends it.
+    """
+
+    def __init__(self, client: Client, checkpoints: bool, retry: RetryPolicy):
+        self._client = client
+        self._checkpoints = checkpoints
+        self._retry = retry
+        self._closed = threading.Event()
+        self._call = None
+        self.caught_up = False  # True while the server delivers live events
+        self.reconnects = 0
+        self._iterator = self._run()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self._iterator)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stops the subscription; an iteration in progress (in another thread) ends cleanly."""
+        self._closed.set()
+        if self._call is not None:
+            self._call.cancel()
+        try:
+            self._iterator.close()
+        except ValueError:
+            pass  # running in another thread: the cancelled call ends it there
+
+    def _run(self) -> Iterator[Union[RecordedEvent, Checkpoint]]:
+        backoff = self._retry.initial_backoff
+        failing_since: Optional[float] = None
+        while not self._closed.is_set():
+            error: Optional[grpc.RpcError] = None
+            self._call = call = self._open()
+            if self._closed.is_set():
+                call.cancel()  # close() ran between the loop's check and now: it missed this call
+            try:
+                for message in call:
+                    failing_since, backoff = None, self._retry.initial_backoff
+                    kind = message.WhichOneof("content")
+                    if kind == "event":
+                        if not self._is_new(message.event):
+                            log.warning("dropped a repeated event at position %d", message.event.position)
+                            continue
+                        self._advance(message.event, message.event.position)
+                        yield RecordedEvent.from_proto(message.event)
+                    else:
+                        position = getattr(message, kind).position
+                        if kind != "checkpoint":
+                            self.caught_up = kind == "caught_up"
+                        self._advance(None, position)
+                        if self._checkpoints:
+                            yield Checkpoint(position, kind)
+            except grpc.RpcError as e:
+                if self._closed.is_set():
+                    return
+                if e.code() not in self._retry.codes:
+                    raise from_rpc_error(e) from None
+                error = e
+            finally:
+                call.cancel()
+            if self._closed.is_set():
+                return
+
+            # The stream broke (or the server closed it): wait, then reconnect from our position.
+            self.caught_up = False
+            now = time.monotonic()
+            failing_since = failing_since or now
+            limit = self._retry.give_up_after
+            if limit is not None and now - failing_since > limit:
+                if error is not None:
+                    raise from_rpc_error(error) from None
+                raise Unavailable("the server kept closing the subscription")
+            log.info("subscription interrupted (%s); reconnecting", error.code() if error else "closed")
+            self._closed.wait(backoff * random.uniform(0.5, 1.0))
+            backoff = min(backoff * self._retry.multiplier, self._retry.max_backoff)
+            self.reconnects += 1
+
+    def _open(self):
+        raise NotImplementedError
+
+    def _is_new(self, event) -> bool:
+        raise NotImplementedError
+
+    def _advance(self, event, position: int) -> None:
+        raise NotImplementedError
+
+
+class AllSubscription(_ResumingSubscription):
+    """A SubscribeAll iterator. `position` is the last position received (everything up to it was
+    yielded or filtered out): the value to save as a checkpoint once processed. It is None until
+    a durable subscription has received its first message."""
+
+    def __init__(self, client, *, subscription, after_position, filter, checkpoint_interval, **kw):
+        super().__init__(client, **kw)
+        self.subscription = subscription
+        self.position: Optional[int] = after_position
+        self._filter = filter
+        self._checkpoint_interval = checkpoint_interval
+
+    def _open(self):
+        request = event_store_pb2.SubscribeAllRequest(
+            filter=self._filter, checkpoint_interval=self._checkpoint_interval
+        )
+        if self.position is None:
+            request.subscription = self.subscription  # first connection: the stored checkpoint
+        else:
+            # Resuming (or starting from a position): the server's stored checkpoint may lag
+            # behind what was already yielded, so continue from our own position instead.
+            request.after_position = self.position
+        return self._client.event_store.SubscribeAll(request)
+
+    def _is_new(self, event) -> bool:
+        return self.position is None or event.position > self.position
+
+    def _advance(self, event, position: int) -> None:
+        if self.position is None or position > self.position:
+            self.position = position
+
+
+class StreamSubscription(_ResumingSubscription):
+    """A SubscribeStream iterator. `next_revision` is the revision it will deliver next."""
+
+    def __init__(self, client, stream: str, from_revision: int, **kw):
+        super().__init__(client, **kw)
+        self.stream = stream
+        self.next_revision = from_revision
+
+    def _open(self):
+        request = event_store_pb2.SubscribeStreamRequest(
+            stream=self.stream, from_revision=self.next_revision
+        )
+        return self._client.event_store.SubscribeStream(request)
+
+    def _is_new(self, event) -> bool:
+        return event.revision >= self.next_revision
+
+    def _advance(self, event, position: int) -> None:
+        if event is not None:
+            self.next_revision = event.revision + 1
