@@ -88,6 +88,9 @@ pub struct ServeConfig {
     #[arg(long, env = "HIGHWATER_REBUILD_BATCH_PAUSE_MS", default_value_t = 0)]
     pub rebuild_batch_pause_ms: u64,
 
+    #[command(flatten)]
+    pub security: SecurityConfig,
+
     /// Seconds to let in-flight requests finish after SIGINT/SIGTERM before cutting them off.
     #[arg(long, env = "HIGHWATER_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
@@ -125,6 +128,34 @@ impl ServeConfig {
             max_append_bytes: self.max_append_bytes,
         }
     }
+}
+
+/// Who may connect and do what.
+#[derive(Debug, Clone, Args)]
+pub struct SecurityConfig {
+    /// TOML file of accepted bearer tokens, by SHA-256 hash, each with a role (read, write or
+    /// admin); `highwater token` makes entries. Without it there is no authentication, and the
+    /// server only listens on loopback addresses (see --insecure-no-auth).
+    #[arg(long, env = "HIGHWATER_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
+
+    /// Listen on a non-loopback address without --auth-file: anyone who reaches the port can
+    /// read, write and rebuild. Logged as a warning at start.
+    #[arg(long, env = "HIGHWATER_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+
+    /// PEM certificate chain for TLS (with --tls-key). Without it the server speaks plaintext.
+    #[arg(long, env = "HIGHWATER_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for TLS (with --tls-cert).
+    #[arg(long, env = "HIGHWATER_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM certificate of the CA that signs client certificates: clients must then present
+    /// one (mutual TLS).
+    #[arg(long, env = "HIGHWATER_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

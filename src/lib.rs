@@ -1,5 +1,7 @@
 //! Highwater: a gRPC event store on PostgreSQL.
 
+/// Bearer tokens and roles.
+pub mod auth;
 /// `highwater bench`: the load generator and its raw PostgreSQL baseline.
 pub mod bench;
 /// The command-line client: subcommands that talk to a server.
@@ -16,6 +18,8 @@ pub mod grpc;
 pub mod pb;
 /// Server-side projections and rebuilds.
 pub mod projection;
+/// TLS and the secure default for listening.
+pub mod security;
 /// Server assembly, health, reflection and graceful shutdown.
 pub mod server;
 /// The shutdown signal shared by background tasks.

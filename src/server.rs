@@ -14,12 +14,13 @@ use crate::{
     config::{DatabaseConfig, ServeConfig},
     embedded_pg::EmbeddedPostgres,
     error::{Error, Result},
-    grpc::{Core, ReadyCore, admin::AdminService, event_store::EventStoreService},
+    grpc::{Core, ReadyCore, admin::AdminService, auth::AuthLayer, event_store::EventStoreService},
     pb::{
         self, admin_service_server::AdminServiceServer,
         event_store_service_server::EventStoreServiceServer,
     },
     projection::Projections,
+    security::Security,
     shutdown::stopped,
     store::{Store, database},
     subscribe::{Subscriptions, hub::Hub, registry::Registry},
@@ -78,6 +79,7 @@ impl Database {
 /// A server bound to its port, ready to run.
 pub struct Application {
     listener: TcpListener,
+    security: Security,
     config: ServeConfig,
     database: Database,
     subscribers: Arc<Registry>,
@@ -87,12 +89,14 @@ impl Application {
     /// Binds the listener and opens the database (starting the private one if needed). The
     /// database is connected and migrated by `run_until_stopped`, while health says NOT_SERVING.
     pub async fn build(config: ServeConfig) -> Result<Self> {
+        let security = Security::load(&config.security, config.listen)?;
         let listener = TcpListener::bind(config.listen).await.map_err(|error| {
             Error::Startup(format!("cannot listen on {}: {error}", config.listen))
         })?;
         let database = Database::open(&config.database).await?;
         Ok(Self {
             listener,
+            security,
             config,
             database,
             subscribers: Arc::default(),
@@ -119,6 +123,7 @@ impl Application {
     ) -> Result<()> {
         let Self {
             listener,
+            security,
             config,
             database,
             subscribers,
@@ -160,8 +165,17 @@ impl Application {
                     .max(4 << 20),
             );
 
+        let mut builder = Server::builder();
+        let tls = security.tls.is_some();
+        if let Some(tls) = security.tls {
+            builder = builder
+                .tls_config(tls)
+                .map_err(|error| Error::Startup(format!("TLS: {error}")))?;
+        }
+        let authenticated = security.tokens.is_some();
         let mut server: JoinHandle<Result<(), tonic::transport::Error>> = tokio::spawn(
-            Server::builder()
+            builder
+                .layer(AuthLayer::new(security.tokens))
                 .add_service(health_service)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
@@ -172,7 +186,7 @@ impl Application {
                     stopped(stop.clone()),
                 ),
         );
-        info!(%address, "listening");
+        info!(%address, tls, authenticated, "listening");
 
         let prepared = tokio::select! {
             prepared = prepare(&database.options, &config, &subscribers, &stop) => Some(prepared),

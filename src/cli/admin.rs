@@ -2,11 +2,10 @@
 
 use clap::Args;
 use serde_json::{Value, json};
-use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client};
 
 use super::{
-    CliError, CliResult, ClientArgs, connect,
+    CliError, CliResult, ClientArgs, Connection, connect,
     progress::{ProgressDisplay, phase_name, thousands},
     render::{self, Table, timestamp},
 };
@@ -44,8 +43,8 @@ pub struct HealthArgs {
     pub client: ClientArgs,
 }
 
-async fn admin(args: &ClientArgs) -> CliResult<AdminServiceClient<Channel>> {
-    Ok(AdminServiceClient::new(connect(&args.server).await?))
+async fn admin(args: &ClientArgs) -> CliResult<AdminServiceClient<Connection>> {
+    Ok(AdminServiceClient::new(connect(args).await?))
 }
 
 pub async fn rebuild(args: RebuildArgs) -> CliResult {
@@ -249,7 +248,7 @@ pub async fn projection(args: ProjectionArgs) -> CliResult {
 }
 
 pub async fn subscriptions(args: ClientArgs) -> CliResult {
-    let all = EventStoreServiceClient::new(connect(&args.server).await?)
+    let all = EventStoreServiceClient::new(connect(&args).await?)
         .list_subscriptions(pb::ListSubscriptionsRequest {})
         .await?
         .into_inner()
@@ -278,7 +277,7 @@ pub async fn subscriptions(args: ClientArgs) -> CliResult {
 }
 
 pub async fn health(args: HealthArgs) -> CliResult {
-    let mut client = health_client::HealthClient::new(connect(&args.client.server).await?);
+    let mut client = health_client::HealthClient::new(connect(&args.client).await?);
     let status = client
         .check(HealthCheckRequest {
             service: args.service.clone(),

@@ -3,10 +3,10 @@
 use std::{io::Read, time::Duration};
 
 use clap::Args;
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 use uuid::Uuid;
 
-use super::{CliError, CliResult, ClientArgs, connect, render};
+use super::{CliError, CliResult, ClientArgs, Connection, connect, render};
 use crate::pb::{
     self, append_request::Expected, event_store_service_client::EventStoreServiceClient,
     subscribe_all_request::Start, subscribe_all_response::Content,
@@ -99,9 +99,8 @@ pub struct TailArgs {
     pub client: ClientArgs,
 }
 
-async fn client(args: &ClientArgs) -> CliResult<EventStoreServiceClient<Channel>> {
-    Ok(EventStoreServiceClient::new(connect(&args.server).await?)
-        .max_decoding_message_size(usize::MAX))
+async fn client(args: &ClientArgs) -> CliResult<EventStoreServiceClient<Connection>> {
+    Ok(EventStoreServiceClient::new(connect(args).await?).max_decoding_message_size(usize::MAX))
 }
 
 fn expected(text: &str) -> CliResult<Option<Expected>> {
@@ -313,7 +312,7 @@ pub async fn tail(args: TailArgs) -> CliResult {
 
 /// Follows the log, reconnecting with backoff when the server goes away, until `--count`.
 async fn follow_reconnecting(
-    client: &mut EventStoreServiceClient<Channel>,
+    client: &mut EventStoreServiceClient<Connection>,
     args: &TailArgs,
     state: &mut TailState,
 ) -> CliResult {
@@ -351,7 +350,7 @@ async fn follow_reconnecting(
 
 /// Prints one subscription's events until `--count` is reached (Ok) or the stream fails.
 async fn follow(
-    client: &mut EventStoreServiceClient<Channel>,
+    client: &mut EventStoreServiceClient<Connection>,
     request: pb::SubscribeAllRequest,
     args: &TailArgs,
     state: &mut TailState,
@@ -393,7 +392,7 @@ async fn follow(
 
 /// Saves a durable subscription's checkpoint (when following one).
 async fn save_checkpoint(
-    client: &mut EventStoreServiceClient<Channel>,
+    client: &mut EventStoreServiceClient<Connection>,
     args: &TailArgs,
     position: u64,
 ) -> CliResult {

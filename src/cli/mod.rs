@@ -10,7 +10,12 @@ mod render;
 use std::{fmt, process::ExitCode};
 
 use clap::{Args, Subcommand};
-use tonic::{Code, transport::Channel};
+use tonic::{
+    Code, Request, Status,
+    metadata::{Ascii, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::{Certificate, Channel, ClientTlsConfig, Identity},
+};
 
 pub use admin::{HealthArgs, ProjectionArgs, RebuildArgs};
 pub use events::{AppendArgs, ReadAllArgs, ReadArgs, TailArgs};
@@ -29,6 +34,22 @@ pub struct ClientArgs {
     /// Print JSON (one object per line) instead of tables.
     #[arg(long)]
     pub json: bool,
+
+    /// Bearer token sent with every call (`highwater token` makes them).
+    #[arg(long, env = "HIGHWATER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// PEM certificate of the CA that signed the server's certificate (for https:// servers).
+    #[arg(long, env = "HIGHWATER_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
+
+    /// PEM client certificate, for servers that require one (with --tls-client-key).
+    #[arg(long, env = "HIGHWATER_TLS_CLIENT_CERT", requires = "tls_client_key")]
+    pub tls_client_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of the client certificate.
+    #[arg(long, env = "HIGHWATER_TLS_CLIENT_KEY", requires = "tls_client_cert")]
+    pub tls_client_key: Option<std::path::PathBuf>,
 }
 
 /// The client subcommands.
@@ -52,6 +73,19 @@ pub enum ClientCommand {
     Subscriptions(ClientArgs),
     /// Ask the server whether it is serving; exits non-zero when it is not.
     Health(HealthArgs),
+    /// Make a new bearer token and print it with its entry for the auth file (--auth-file).
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// What the token may do: read (reads, subscriptions), write (also appends and checkpoints)
+    /// or admin (also projections and rebuilds).
+    #[arg(long)]
+    pub role: crate::auth::Role,
+    /// A name for the token, shown in the server's refusals and logs.
+    #[arg(long)]
+    pub name: String,
 }
 
 /// Why a client command failed.
@@ -110,6 +144,7 @@ pub async fn run(command: ClientCommand) -> ExitCode {
         ClientCommand::Projection(args) => admin::projection(args).await,
         ClientCommand::Subscriptions(args) => admin::subscriptions(args).await,
         ClientCommand::Health(args) => admin::health(args).await,
+        ClientCommand::Token(args) => token(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -123,21 +158,82 @@ pub async fn run(command: ClientCommand) -> ExitCode {
     }
 }
 
+fn token(args: TokenArgs) -> CliResult {
+    let token = crate::auth::new_token();
+    render::line(&format!(
+        "token (give it to the client, as --token or HIGHWATER_TOKEN; it is not stored):\n{token}\n\n\
+         entry for the auth file:\n[[token]]\nname = {:?}\nrole = \"{}\"\nsha256 = \"{}\"",
+        args.name,
+        args.role,
+        crate::auth::hash_token(&token)
+    ))?;
+    Ok(())
+}
+
+/// Adds the bearer token (if any) to every call.
+#[derive(Clone)]
+pub struct BearerToken(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for BearerToken {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A connection to the server that sends the token.
+pub type Connection = InterceptedService<Channel, BearerToken>;
+
 /// Opens a channel to the server; a server that is down fails here, not at the first call.
-async fn connect(server: &str) -> CliResult<Channel> {
-    let endpoint = Channel::from_shared(server.to_string()).map_err(|error| {
+async fn connect(args: &ClientArgs) -> CliResult<Connection> {
+    let server = &args.server;
+    let mut endpoint = Channel::from_shared(server.to_string()).map_err(|error| {
         CliError::Input(format!(
             "--server {server:?} is not a valid address: {error}"
         ))
     })?;
-    endpoint
+    if server.starts_with("https://") {
+        let read = |path: &std::path::Path, flag: &str| {
+            std::fs::read(path)
+                .map_err(|error| CliError::Input(format!("{flag} {}: {error}", path.display())))
+        };
+        let ca = args.tls_ca.as_deref().ok_or_else(|| {
+            CliError::Input("an https:// server needs --tls-ca (the CA of its certificate)".into())
+        })?;
+        let mut tls =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca, "--tls-ca")?));
+        if let (Some(cert), Some(key)) = (&args.tls_client_cert, &args.tls_client_key) {
+            tls = tls.identity(Identity::from_pem(
+                read(cert, "--tls-client-cert")?,
+                read(key, "--tls-client-key")?,
+            ));
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|error| CliError::Input(format!("TLS: {}", source_chain(&error))))?;
+    }
+    let token = args
+        .token
+        .as_deref()
+        .map(|token| {
+            format!("Bearer {token}")
+                .parse::<MetadataValue<Ascii>>()
+                .map_err(|_| CliError::Input("--token has characters a header cannot carry".into()))
+        })
+        .transpose()?;
+    let channel = endpoint
         .connect_timeout(std::time::Duration::from_secs(5))
         .connect()
         .await
         .map_err(|error| CliError::Connect {
             server: server.to_string(),
             reason: source_chain(&error),
-        })
+        })?;
+    Ok(InterceptedService::new(channel, BearerToken(token)))
 }
 
 /// An error with its causes, which is where transport errors keep the useful part.

@@ -1,6 +1,7 @@
 //! Thin gRPC adapters: protobuf in, core call, protobuf out; errors mapped by `crate::error`.
 
 pub mod admin;
+pub mod auth;
 pub mod convert;
 pub mod event_store;
 

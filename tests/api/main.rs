@@ -7,5 +7,6 @@ mod embedded;
 mod helpers;
 mod projection;
 mod read;
+mod security;
 mod server;
 mod subscribe;

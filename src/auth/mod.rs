@@ -1,0 +1,286 @@
+//! Bearer tokens with roles. The auth file holds only SHA-256 hashes of the tokens; a presented
+//! token is hashed and compared with every stored hash in constant time.
+//!
+//! ```toml
+//! [[token]]
+//! name = "billing-service"
+//! role = "write"
+//! sha256 = "<64 hex digits: the SHA-256 of the token>"
+//! ```
+//!
+//! `highwater token --role write --name billing-service` makes a token and prints its entry.
+
+use std::{fmt, path::Path};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// What a token may do. Each role includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads and subscriptions.
+    Read,
+    /// Also Append, SaveCheckpoint and DeleteSubscription.
+    Write,
+    /// Also the Admin service: projections and rebuilds.
+    Admin,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Read => "read",
+            Role::Write => "write",
+            Role::Admin => "admin",
+        })
+    }
+}
+
+/// Why a request is refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Denied {
+    /// No token, a malformed header or an unknown token: UNAUTHENTICATED.
+    Unauthenticated(&'static str),
+    /// A known token whose role is too low: PERMISSION_DENIED.
+    Forbidden {
+        name: String,
+        role: Role,
+        needs: Role,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthFile {
+    #[serde(default)]
+    token: Vec<TokenEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenEntry {
+    name: String,
+    role: Role,
+    sha256: String,
+}
+
+/// One accepted token.
+#[derive(Debug)]
+struct Token {
+    name: String,
+    role: Role,
+    hash: [u8; 32],
+}
+
+/// The accepted tokens.
+#[derive(Debug)]
+pub struct Tokens {
+    tokens: Vec<Token>,
+}
+
+impl Tokens {
+    /// Reads an auth file. Refuses a file without tokens: it would lock everyone out.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            Error::Startup(format!("cannot read auth file {}: {error}", path.display()))
+        })?;
+        Self::parse(&text)
+            .map_err(|message| Error::Startup(format!("auth file {}: {message}", path.display())))
+    }
+
+    fn parse(text: &str) -> std::result::Result<Self, String> {
+        let file: AuthFile = toml::from_str(text).map_err(|error| error.to_string())?;
+        if file.token.is_empty() {
+            return Err("no [[token]] entries".into());
+        }
+        let tokens = file
+            .token
+            .into_iter()
+            .map(|entry| {
+                let hash = decode_hash(&entry.sha256).ok_or_else(|| {
+                    format!("token {:?}: sha256 must be 64 hex digits", entry.name)
+                })?;
+                Ok(Token {
+                    name: entry.name,
+                    role: entry.role,
+                    hash,
+                })
+            })
+            .collect::<std::result::Result<_, String>>()?;
+        Ok(Self { tokens })
+    }
+
+    /// Checks an `authorization` header value against the role a call needs.
+    pub fn check(
+        &self,
+        authorization: Option<&[u8]>,
+        needs: Role,
+    ) -> std::result::Result<(), Denied> {
+        let header = authorization.ok_or(Denied::Unauthenticated("missing bearer token"))?;
+        let presented = header
+            .strip_prefix(b"Bearer ")
+            .or_else(|| header.strip_prefix(b"bearer "))
+            .ok_or(Denied::Unauthenticated(
+                "the authorization header must be `Bearer <token>`",
+            ))?;
+        let hash: [u8; 32] = Sha256::digest(presented).into();
+        // Every stored hash is compared, so the time taken does not depend on which one matched.
+        let mut found: Option<&Token> = None;
+        for token in &self.tokens {
+            if constant_time_eq(&token.hash, &hash) {
+                found = Some(token);
+            }
+        }
+        let token = found.ok_or(Denied::Unauthenticated("unknown bearer token"))?;
+        if token.role < needs {
+            return Err(Denied::Forbidden {
+                name: token.name.clone(),
+                role: token.role,
+                needs,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn decode_hash(text: &str) -> Option<[u8; 32]> {
+    let text = text.trim();
+    if text.len() != 64 {
+        return None;
+    }
+    let mut hash = [0u8; 32];
+    for (i, byte) in hash.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(hash)
+}
+
+/// The SHA-256 of a token, as the auth file stores it.
+pub fn hash_token(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// A new random token: `hw_` and 64 hex digits (256 bits from the system's random source).
+pub fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    bytes[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    bytes[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    let random: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+    format!("hw_{random}")
+}
+
+/// The role a gRPC method needs, from its path (`/package.Service/Method`); `None`: open to all
+/// (health and reflection).
+pub fn required_role(path: &str) -> Option<Role> {
+    let (service, method) = path.trim_start_matches('/').split_once('/')?;
+    match service {
+        "grpc.health.v1.Health"
+        | "grpc.reflection.v1.ServerReflection"
+        | "grpc.reflection.v1alpha.ServerReflection" => None,
+        "highwater.v1.EventStoreService" => Some(match method {
+            "Append" | "SaveCheckpoint" | "DeleteSubscription" => Role::Write,
+            _ => Role::Read,
+        }),
+        // The admin service, and anything unknown (answered UNIMPLEMENTED after the check).
+        _ => Some(Role::Admin),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens() -> Tokens {
+        let file = format!(
+            "[[token]]\nname = \"reader\"\nrole = \"read\"\nsha256 = \"{}\"\n\
+             [[token]]\nname = \"writer\"\nrole = \"write\"\nsha256 = \"{}\"\n",
+            hash_token("r-secret"),
+            hash_token("w-secret")
+        );
+        Tokens::parse(&file).unwrap()
+    }
+
+    #[test]
+    fn roles_include_the_lower_ones_and_unknown_tokens_are_unauthenticated() {
+        let tokens = tokens();
+        assert_eq!(tokens.check(Some(b"Bearer w-secret"), Role::Read), Ok(()));
+        assert_eq!(tokens.check(Some(b"Bearer w-secret"), Role::Write), Ok(()));
+        assert!(matches!(
+            tokens.check(Some(b"Bearer r-secret"), Role::Write),
+            Err(Denied::Forbidden {
+                role: Role::Read,
+                needs: Role::Write,
+                ..
+            })
+        ));
+        assert!(matches!(
+            tokens.check(Some(b"Bearer w-secret"), Role::Admin),
+            Err(Denied::Forbidden { .. })
+        ));
+        assert!(matches!(
+            tokens.check(Some(b"Bearer nope"), Role::Read),
+            Err(Denied::Unauthenticated(_))
+        ));
+        assert!(matches!(
+            tokens.check(Some(b"w-secret"), Role::Read),
+            Err(Denied::Unauthenticated(_))
+        ));
+        assert!(matches!(
+            tokens.check(None, Role::Read),
+            Err(Denied::Unauthenticated(_))
+        ));
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_the_reason() {
+        assert!(Tokens::parse("").unwrap_err().contains("no [[token]]"));
+        let short = "[[token]]\nname = \"x\"\nrole = \"read\"\nsha256 = \"abc\"\n";
+        assert!(Tokens::parse(short).unwrap_err().contains("64 hex digits"));
+        let role = format!(
+            "[[token]]\nname = \"x\"\nrole = \"root\"\nsha256 = \"{}\"\n",
+            hash_token("t")
+        );
+        assert!(Tokens::parse(&role).is_err());
+    }
+
+    #[test]
+    fn methods_map_to_roles_and_health_stays_open() {
+        assert_eq!(required_role("/grpc.health.v1.Health/Check"), None);
+        assert_eq!(
+            required_role("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
+            None
+        );
+        assert_eq!(
+            required_role("/highwater.v1.EventStoreService/ReadAll"),
+            Some(Role::Read)
+        );
+        assert_eq!(
+            required_role("/highwater.v1.EventStoreService/Append"),
+            Some(Role::Write)
+        );
+        assert_eq!(
+            required_role("/highwater.v1.AdminService/AdminRebuild"),
+            Some(Role::Admin)
+        );
+        assert_eq!(required_role("/other.Service/Call"), Some(Role::Admin));
+    }
+
+    #[test]
+    fn new_tokens_are_random_and_hash_to_64_hex_digits() {
+        let (a, b) = (new_token(), new_token());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 3 + 64);
+        assert_eq!(hash_token(&a).len(), 64);
+        assert!(decode_hash(&hash_token(&a)).is_some());
+    }
+}
