@@ -91,6 +91,12 @@ pub struct ServeConfig {
     #[command(flatten)]
     pub security: SecurityConfig,
 
+    /// Address of the Prometheus metrics endpoint (HTTP, `GET /metrics`), such as
+    /// 127.0.0.1:9090. Off when not given. It has no authentication: keep it on loopback or a
+    /// private network.
+    #[arg(long, env = "HIGHWATER_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Seconds to let in-flight requests finish after SIGINT/SIGTERM before cutting them off.
     #[arg(long, env = "HIGHWATER_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,

@@ -14,6 +14,8 @@ pub mod embedded_pg;
 pub mod error;
 /// Thin gRPC adapters over the core.
 pub mod grpc;
+/// Prometheus metrics.
+pub mod metrics;
 /// Code generated from `proto/`.
 pub mod pb;
 /// Server-side projections and rebuilds.

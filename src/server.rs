@@ -14,7 +14,10 @@ use crate::{
     config::{DatabaseConfig, ServeConfig},
     embedded_pg::EmbeddedPostgres,
     error::{Error, Result},
-    grpc::{Core, ReadyCore, admin::AdminService, auth::AuthLayer, event_store::EventStoreService},
+    grpc::{
+        Core, ReadyCore, admin::AdminService, auth::AuthLayer, event_store::EventStoreService,
+        request_id::RequestIdLayer,
+    },
     pb::{
         self, admin_service_server::AdminServiceServer,
         event_store_service_server::EventStoreServiceServer,
@@ -79,6 +82,8 @@ impl Database {
 /// A server bound to its port, ready to run.
 pub struct Application {
     listener: TcpListener,
+    /// The Prometheus endpoint's listener, if `--metrics-listen` is given.
+    metrics_listener: Option<TcpListener>,
     security: Security,
     config: ServeConfig,
     database: Database,
@@ -93,9 +98,16 @@ impl Application {
         let listener = TcpListener::bind(config.listen).await.map_err(|error| {
             Error::Startup(format!("cannot listen on {}: {error}", config.listen))
         })?;
+        let metrics_listener = match config.metrics_listen {
+            Some(address) => Some(TcpListener::bind(address).await.map_err(|error| {
+                Error::Startup(format!("cannot listen for metrics on {address}: {error}"))
+            })?),
+            None => None,
+        };
         let database = Database::open(&config.database).await?;
         Ok(Self {
             listener,
+            metrics_listener,
             security,
             config,
             database,
@@ -106,6 +118,13 @@ impl Application {
     /// The subscribers of this server and their progress, for operators and tests.
     pub fn subscribers(&self) -> Arc<Registry> {
         self.subscribers.clone()
+    }
+
+    /// The metrics endpoint's address, if it has one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
     }
 
     /// The address actually bound (useful with port 0).
@@ -123,6 +142,7 @@ impl Application {
     ) -> Result<()> {
         let Self {
             listener,
+            metrics_listener,
             security,
             config,
             database,
@@ -153,6 +173,16 @@ impl Application {
             .map_err(|error| Error::Startup(format!("reflection: {error}")))?;
 
         let ready_core = ReadyCore::default();
+        if let Some(metrics_listener) = metrics_listener {
+            if let Ok(metrics_address) = metrics_listener.local_addr() {
+                info!(%metrics_address, "serving metrics at /metrics");
+            }
+            tokio::spawn(crate::metrics::serve(
+                metrics_listener,
+                ready_core.clone(),
+                stop.clone(),
+            ));
+        }
         // Room for a maximal append plus protobuf framing; larger messages never reach validation.
         let max_message = config.max_append_bytes.saturating_add(1024 * 1024);
         let admin = AdminServiceServer::new(AdminService::new(ready_core.clone()));
@@ -175,6 +205,8 @@ impl Application {
         let authenticated = security.tokens.is_some();
         let mut server: JoinHandle<Result<(), tonic::transport::Error>> = tokio::spawn(
             builder
+                // Outermost first: refusals are logged and answered with the request id too.
+                .layer(RequestIdLayer)
                 .layer(AuthLayer::new(security.tokens))
                 .add_service(health_service)
                 .add_service(reflection_v1)

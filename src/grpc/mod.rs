@@ -4,6 +4,7 @@ pub mod admin;
 pub mod auth;
 pub mod convert;
 pub mod event_store;
+pub mod request_id;
 
 use std::sync::{Arc, OnceLock};
 

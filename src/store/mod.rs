@@ -9,7 +9,10 @@ pub mod writer;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    metrics,
+};
 use model::{AppendInput, AppendResult, Direction};
 use reader::ReadCursor;
 use validate::Limits;
@@ -43,8 +46,26 @@ impl Store {
 
     /// Validates and appends; see `proto/highwater/v1/event_store.proto` for the rules.
     pub async fn append(&self, input: AppendInput) -> Result<AppendResult> {
-        let request = validate::validate_append(input, &self.limits)?;
-        self.writer.append(request).await
+        let started = std::time::Instant::now();
+        let events = input.events.len() as u64;
+        let result = match validate::validate_append(input, &self.limits) {
+            Ok(request) => self.writer.append(request).await,
+            Err(error) => Err(error),
+        };
+        let recorded = &metrics::RECORDED;
+        match &result {
+            Ok(_) => {
+                metrics::increment(&recorded.appends);
+                recorded
+                    .events_appended
+                    .fetch_add(events, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(_) => metrics::increment(&recorded.append_errors),
+        }
+        recorded
+            .append_seconds
+            .observe(started.elapsed().as_secs_f64());
+        result
     }
 
     /// A cursor over one stream; `NOT_FOUND` when the stream has no events.

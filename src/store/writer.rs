@@ -115,6 +115,9 @@ async fn run(pool: PgPool, mut queue: mpsc::Receiver<Command>) {
                 bytes = group_bytes,
                 "writing a group"
             );
+            crate::metrics::RECORDED
+                .group_requests
+                .observe(group.len() as f64);
             write_group(&pool, &mut catalog, group).await;
         }
     }

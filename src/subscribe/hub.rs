@@ -170,6 +170,7 @@ impl Hub {
                     );
                     catch_up_to = Some(u64::MAX);
                     self.projections_changed();
+                    crate::metrics::increment(&crate::metrics::RECORDED.hub_reconnects);
                 }
                 Err(error) => {
                     warn!(%error, retry_in_ms = delay.as_millis() as u64, "hub LISTEN connection failed");

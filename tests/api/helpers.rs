@@ -163,6 +163,8 @@ pub fn config_for(database_url: &str, extra: &[&str]) -> ServeConfig {
 /// A server running inside the test process.
 pub struct RunningServer {
     pub address: SocketAddr,
+    /// The metrics endpoint, with `--metrics-listen`.
+    pub metrics: Option<SocketAddr>,
     /// The server's subscribers and their progress.
     pub subscribers: std::sync::Arc<highwater::subscribe::registry::Registry>,
     stop: Option<oneshot::Sender<()>>,
@@ -174,6 +176,7 @@ impl RunningServer {
     pub async fn start(config: ServeConfig) -> Self {
         let app = Application::build(config).await.expect("build the server");
         let address = app.local_addr();
+        let metrics = app.metrics_addr();
         let subscribers = app.subscribers();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until_stopped(async move {
@@ -181,6 +184,7 @@ impl RunningServer {
         }));
         Self {
             address,
+            metrics,
             subscribers,
             stop: Some(stop),
             task: Some(task),

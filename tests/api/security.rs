@@ -220,6 +220,30 @@ async fn every_rpc_answers_each_identity_with_exactly_the_expected_code() {
         .await;
     assert_eq!(code(health), Code::Ok);
 
+    // Every answer carries a request id: the caller's, or a new one (refusals too).
+    let mut request = Request::new(pb::ListSubscriptionsRequest {});
+    request
+        .metadata_mut()
+        .insert("x-request-id", "req-42".parse().unwrap());
+    let refused = EventStoreServiceClient::new(channel.clone())
+        .list_subscriptions(request)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.metadata().get("x-request-id").unwrap(), "req-42");
+    let answered = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+    let generated = answered
+        .metadata()
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert!(uuid::Uuid::parse_str(generated).is_ok(), "{generated}");
+
     for (identity, token) in [("none", None), ("wrong", Some("secret-nope"))] {
         for (method, got) in codes(channel.clone(), token).await {
             assert_eq!(got, Code::Unauthenticated, "{method} with {identity} token");
