@@ -91,6 +91,24 @@ pub struct ServeConfig {
     #[command(flatten)]
     pub security: SecurityConfig,
 
+    /// Most open subscriptions (SubscribeAll and SubscribeStream) this server serves at once;
+    /// one more is refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "HIGHWATER_MAX_SUBSCRIBERS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_subscribers: u32,
+
+    /// Most concurrent calls (HTTP/2 streams) one client connection may have open.
+    #[arg(long, env = "HIGHWATER_MAX_STREAMS_PER_CONNECTION", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams_per_connection: u32,
+
+    /// Seconds between HTTP/2 pings to each client; a client that does not answer within
+    /// --keepalive-timeout-secs is disconnected (and its subscriptions end). 0 turns pings off.
+    #[arg(long, env = "HIGHWATER_KEEPALIVE_SECS", default_value_t = 30)]
+    pub keepalive_secs: u64,
+
+    /// Seconds to wait for the answer to a keep-alive ping.
+    #[arg(long, env = "HIGHWATER_KEEPALIVE_TIMEOUT_SECS", default_value_t = 20)]
+    pub keepalive_timeout_secs: u64,
+
     /// Address of the Prometheus metrics endpoint (HTTP, `GET /metrics`), such as
     /// 127.0.0.1:9090. Off when not given. It has no authentication: keep it on loopback or a
     /// private network.

@@ -57,6 +57,10 @@ pub enum Error {
     #[error("{0}")]
     Unavailable(String),
 
+    /// A configured limit is reached (such as --max-subscribers): retry later or elsewhere.
+    #[error("{0}")]
+    ResourceExhausted(String),
+
     #[error("{0}")]
     Internal(String),
 
@@ -155,6 +159,7 @@ impl From<Error> for Status {
             | Error::ProjectionNotFound(_) => Status::not_found(message),
             Error::FailedPrecondition(_) => Status::failed_precondition(message),
             Error::Unavailable(_) => Status::unavailable(message),
+            Error::ResourceExhausted(_) => Status::resource_exhausted(message),
             Error::Internal(_) | Error::Startup(_) => {
                 tracing::error!(error = %message, "internal error");
                 Status::internal(message)

@@ -195,7 +195,12 @@ impl Application {
                     .max(4 << 20),
             );
 
-        let mut builder = Server::builder();
+        let keepalive =
+            (config.keepalive_secs > 0).then(|| Duration::from_secs(config.keepalive_secs));
+        let mut builder = Server::builder()
+            .max_concurrent_streams(config.max_streams_per_connection)
+            .http2_keepalive_interval(keepalive)
+            .http2_keepalive_timeout(Some(Duration::from_secs(config.keepalive_timeout_secs)));
         let tls = security.tls.is_some();
         if let Some(tls) = security.tls {
             builder = builder
@@ -303,7 +308,12 @@ async fn start_core(
     stop: &watch::Receiver<bool>,
 ) -> Result<(Core, JoinHandle<()>)> {
     let (store, writer) = Store::start(pool.clone(), config.limits());
-    let subscriptions = Subscriptions::new(pool.clone(), hub.clone(), stop.clone());
+    let subscriptions = Subscriptions::new(
+        pool.clone(),
+        hub.clone(),
+        stop.clone(),
+        config.max_subscribers as usize,
+    );
     let projections = Arc::new(Projections::new(
         pool.clone(),
         options.clone(),

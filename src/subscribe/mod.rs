@@ -10,7 +10,7 @@ pub mod subscriber;
 use std::sync::Arc;
 
 use sqlx::PgPool;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::{
     error::{Error, Result},
@@ -59,14 +59,29 @@ pub struct Subscriptions {
     hub: Arc<Hub>,
     /// Becomes true when the server shuts down: every subscription then ends.
     stop: watch::Receiver<bool>,
+    /// One permit per open subscription, at most --max-subscribers; a subscription beyond them
+    /// is refused with RESOURCE_EXHAUSTED rather than slowing every other one down.
+    slots: Arc<Semaphore>,
+    max_subscribers: usize,
 }
 
 /// The receiving end of a subscription: dropping it ends the subscriber at once.
 pub type Subscription = mpsc::Receiver<Result<SubscriptionMessage>>;
 
 impl Subscriptions {
-    pub fn new(pool: PgPool, hub: Arc<Hub>, stop: watch::Receiver<bool>) -> Self {
-        Self { pool, hub, stop }
+    pub fn new(
+        pool: PgPool,
+        hub: Arc<Hub>,
+        stop: watch::Receiver<bool>,
+        max_subscribers: usize,
+    ) -> Self {
+        Self {
+            pool,
+            hub,
+            stop,
+            slots: Arc::new(Semaphore::new(max_subscribers)),
+            max_subscribers,
+        }
     }
 
     pub fn hub(&self) -> &Arc<Hub> {
@@ -102,7 +117,7 @@ impl Subscriptions {
                 checkpoint_interval: interval,
             },
             name,
-        );
+        )?;
         tokio::spawn(follower.start_all(after));
         Ok(subscription)
     }
@@ -117,12 +132,18 @@ impl Subscriptions {
             StreamStart::From(revision) => Some(revision),
             StreamStart::End => None,
         };
-        let (follower, subscription) = self.follower(Target::Stream { stream }, None);
+        let (follower, subscription) = self.follower(Target::Stream { stream }, None)?;
         tokio::spawn(follower.start_stream(from));
         Ok(subscription)
     }
 
-    fn follower(&self, target: Target, name: Option<String>) -> (Follower, Subscription) {
+    fn follower(&self, target: Target, name: Option<String>) -> Result<(Follower, Subscription)> {
+        let slot = self.slots.clone().try_acquire_owned().map_err(|_| {
+            Error::ResourceExhausted(format!(
+                "this server already serves its maximum of {} subscriptions (--max-subscribers)",
+                self.max_subscribers
+            ))
+        })?;
         let (outbox, subscription) = mpsc::channel(OUTBOX_CAPACITY);
         let follower = Follower::new(
             self.pool.clone(),
@@ -131,8 +152,9 @@ impl Subscriptions {
             name,
             outbox,
             self.stop.clone(),
+            slot,
         );
-        (follower, subscription)
+        Ok((follower, subscription))
     }
 
     pub async fn save_checkpoint(&self, name: String, position: u64) -> Result<u64> {

@@ -13,7 +13,7 @@ use std::{
 };
 
 use sqlx::PgPool;
-use tokio::sync::{broadcast::error::RecvError, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, broadcast::error::RecvError, mpsc, watch};
 
 use super::{Filter, SubscriptionMessage, hub::Hub, registry::Registration};
 use crate::{
@@ -58,6 +58,8 @@ pub struct Follower {
     /// Becomes true when the server shuts down.
     stop: watch::Receiver<bool>,
     registration: Registration,
+    /// This subscription's place under --max-subscribers, given back when it ends.
+    _slot: OwnedSemaphorePermit,
 }
 
 impl Follower {
@@ -68,6 +70,7 @@ impl Follower {
         name: Option<String>,
         outbox: mpsc::Sender<Result<SubscriptionMessage>>,
         stop: watch::Receiver<bool>,
+        slot: OwnedSemaphorePermit,
     ) -> Self {
         let registration = hub.registry().register(name);
         Self {
@@ -81,6 +84,7 @@ impl Follower {
             outbox,
             stop,
             registration,
+            _slot: slot,
         }
     }
 

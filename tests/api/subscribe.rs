@@ -693,3 +693,45 @@ async fn shutdown_ends_live_subscriptions_promptly() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn subscriptions_beyond_the_limit_are_refused_until_one_ends() {
+    let mut app = TestApp::spawn_with(&["--max-subscribers", "2"]).await;
+    let first = subscribe(&mut app.client, None, None).await;
+    let _second = app
+        .client
+        .subscribe_stream(pb::SubscribeStreamRequest {
+            stream: "s".into(),
+            start: None,
+        })
+        .await
+        .unwrap();
+    let refused = app
+        .client
+        .subscribe_all(SubscribeAllRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(
+        refused.message().contains("--max-subscribers"),
+        "{refused:?}"
+    );
+
+    // The slot comes back when a subscriber goes away.
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match app
+            .client
+            .subscribe_all(SubscribeAllRequest::default())
+            .await
+        {
+            Ok(_) => break,
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted);
+                assert!(Instant::now() < deadline, "the slot never came back");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
