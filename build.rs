@@ -21,6 +21,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("highwater_descriptor.bin"))
         .bytes(".highwater.v1")
+        // Malformed request bytes are INVALID_ARGUMENT, not INTERNAL.
+        .codec_path("crate::grpc::codec::Codec")
         .compile_protos(&protos, &[PathBuf::from("proto"), well_known])?;
     Ok(())
 }

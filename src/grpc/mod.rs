@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod codec;
 pub mod convert;
 pub mod event_store;
 pub mod request_id;

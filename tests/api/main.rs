@@ -5,6 +5,7 @@ mod bench;
 mod cli;
 mod embedded;
 mod faults;
+mod fuzz;
 mod helpers;
 mod metrics;
 mod projection;

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import random
 import threading
 import time
 from dataclasses import dataclass
-from typing import Iterable, Iterator, List, Optional, Sequence, Union
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -64,17 +65,97 @@ class RetryPolicy:
     codes: Sequence[grpc.StatusCode] = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
+Pem = Union[bytes, str]
+
+
+class _CallDetails(
+    collections.namedtuple(
+        "_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")
+    ),
+    grpc.ClientCallDetails,
+):
+    pass
+
+
+class _AddMetadata(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds fixed metadata (the bearer token) to every call of a channel, unless the call names
+    the same key itself."""
+
+    def __init__(self, pairs: Sequence[Tuple[str, str]]):
+        self._pairs = tuple(pairs)
+
+    def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        metadata = list(details.metadata or ())
+        given = {key for key, _ in metadata}
+        metadata.extend(pair for pair in self._pairs if pair[0] not in given)
+        return _CallDetails(
+            details.method,
+            details.timeout,
+            metadata,
+            details.credentials,
+            getattr(details, "wait_for_ready", None),
+            getattr(details, "compression", None),
+        )
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation, details, request_iterator):
+        return continuation(self._details(details), request_iterator)
+
+    def intercept_stream_stream(self, continuation, details, request_iterator):
+        return continuation(self._details(details), request_iterator)
+
+
+def _pem(value: Optional[Pem], name: str) -> Optional[bytes]:
+    if value is None:
+        return None
+    data = value.encode() if isinstance(value, str) else bytes(value)
+    if b"-----BEGIN" not in data:
+        raise ValueError(f"{name} must be PEM text (the file's contents, not its path)")
+    return data
+
+
+def _split_target(target: str) -> Tuple[str, Optional[bool]]:
+    """Strips an http:// or https:// scheme: returns the address, and True for https, False for
+    http, None without a scheme."""
+    for scheme, tls in (("https://", True), ("http://", False)):
+        if target.startswith(scheme):
+            return target[len(scheme):].rstrip("/"), tls
+    return target, None
+
+
 class Client:
     """A connection to one Highwater server.
 
     Unary calls use `timeout` seconds as their deadline. Failures are raised as HighwaterError
     subclasses (see highwater_client.errors). Use as a context manager, or call close().
+
+    `token` is sent as `authorization: Bearer <token>` with every call, streams and the generated
+    stubs' calls included (a server started with --auth-file needs one). TLS is used for an
+    `https://host:port` target or when any of the PEM options is given: `tls_ca` is the CA that
+    signed the server's certificate (default: the system's trusted CAs), `tls_client_cert` and
+    `tls_client_key` a client certificate for servers that require one (--tls-client-ca). A plain
+    `host:port` (or `http://host:port`) without them is plaintext, which the server accepts on a
+    loopback address, with or without a token.
     """
 
     def __init__(
         self,
         target: str = "127.0.0.1:50051",
         *,
+        token: Optional[str] = None,
+        tls_ca: Optional[Pem] = None,
+        tls_client_cert: Optional[Pem] = None,
+        tls_client_key: Optional[Pem] = None,
         timeout: float = 30.0,
         retry: Optional[RetryPolicy] = None,
         channel: Optional[grpc.Channel] = None,
@@ -82,7 +163,32 @@ class Client:
         self.target = target
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
-        self.channel = channel or grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        address, scheme_tls = _split_target(target)
+        ca = _pem(tls_ca, "tls_ca")
+        cert = _pem(tls_client_cert, "tls_client_cert")
+        key = _pem(tls_client_key, "tls_client_key")
+        if (cert is None) != (key is None):
+            raise ValueError("give tls_client_cert and tls_client_key together")
+        pem_given = ca is not None or cert is not None
+        if pem_given and scheme_tls is False:
+            raise ValueError(f"TLS options given for a plaintext target {target!r}")
+        #: True when the channel this client made uses TLS.
+        self.tls = bool(scheme_tls) or pem_given
+        if channel is not None:
+            if self.tls:
+                raise ValueError("give either a channel or TLS options, not both")
+        elif self.tls:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=ca, private_key=key, certificate_chain=cert
+            )
+            channel = grpc.secure_channel(address, credentials, options=_CHANNEL_OPTIONS)
+        else:
+            channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        if token is not None:
+            if not token or any(not " " <= c <= "~" for c in token) or token != token.strip():
+                raise ValueError("token must be non-empty printable ASCII without surrounding spaces")
+            channel = grpc.intercept_channel(channel, _AddMetadata([("authorization", f"Bearer {token}")]))
+        self.channel = channel
         # The generated stubs, for anything this layer does not wrap.
         self.event_store = event_store_pb2_grpc.EventStoreServiceStub(self.channel)
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)

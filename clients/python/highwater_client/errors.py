@@ -1,7 +1,8 @@
 """Errors raised by the client: one class per gRPC status code the server uses.
 
-Every error carries the gRPC `code`, the server's `message`, and what the server put in the rich
-error details: the ErrorInfo `reason` and `metadata`, and BadRequest `field_violations`.
+Every error carries the gRPC `code`, the server's `message`, what the server put in the rich
+error details (the ErrorInfo `reason` and `metadata`, and BadRequest `field_violations`), and the
+server's `request_id` for the call (its `x-request-id`), which names the call in the server's logs.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from grpc_status import rpc_status
 
 
 class HighwaterError(Exception):
-    """A call failed. `code` is a grpc.StatusCode (None when the failure is not the server's)."""
+    """A call failed. `code` is a grpc.StatusCode (None when the failure is not the server's).
+    `request_id` is the server's x-request-id for the call ("" when no response came)."""
 
     def __init__(
         self,
@@ -23,6 +25,7 @@ class HighwaterError(Exception):
         reason: str = "",
         metadata: Optional[Dict[str, str]] = None,
         field_violations: Optional[List[Tuple[str, str]]] = None,
+        request_id: str = "",
     ):
         super().__init__(message)
         self.message = message
@@ -30,6 +33,7 @@ class HighwaterError(Exception):
         self.reason = reason
         self.metadata = metadata or {}
         self.field_violations = field_violations or []
+        self.request_id = request_id
 
     def __str__(self) -> str:
         name = self.code.name if self.code else "ERROR"
@@ -72,6 +76,16 @@ class Unavailable(HighwaterError):
     """UNAVAILABLE (or a deadline passed): the server could not be reached; safe to retry."""
 
 
+class Unauthenticated(HighwaterError):
+    """UNAUTHENTICATED: no token, a malformed `authorization` header, or a token the server does
+    not know. Give the client a valid `token`."""
+
+
+class PermissionDenied(HighwaterError):
+    """PERMISSION_DENIED: the token is known but its role is too low for the call (the message
+    names the token and the role needed: read < write < admin)."""
+
+
 _BY_CODE = {
     grpc.StatusCode.ABORTED: WrongExpectedRevision,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
@@ -80,6 +94,8 @@ _BY_CODE = {
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: Unavailable,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
 }
 
 
@@ -102,4 +118,18 @@ def from_rpc_error(error: grpc.RpcError) -> HighwaterError:
             detail.Unpack(bad)
             violations = [(v.field, v.description) for v in bad.field_violations]
     cls = _BY_CODE.get(code, HighwaterError)
-    return cls(message, code, reason, metadata, violations)
+    return cls(message, code, reason, metadata, violations, request_id(error))
+
+
+def request_id(call) -> str:
+    """The server's x-request-id of a finished call or failed call ("" if it sent none). A refused
+    call has only trailers, so they are looked at first; a normal response has it in its headers."""
+    for name in ("trailing_metadata", "initial_metadata"):
+        try:
+            pairs = getattr(call, name)() or ()
+        except Exception:  # not a call, or one without metadata
+            continue
+        for key, value in pairs:
+            if key == "x-request-id":
+                return value if isinstance(value, str) else value.decode("ascii", "replace")
+    return ""

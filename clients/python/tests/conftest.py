@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.parse
 import uuid
+from typing import Optional, Sequence
 
 import psycopg
 import pytest
@@ -41,29 +42,48 @@ def database_url(name: str) -> str:
 
 
 class Server:
-    """One highwater process; stop() and start() again keep its port and database."""
+    """One highwater process; stop() and start() again keep its port and database.
 
-    def __init__(self, database: str, log_path: pathlib.Path, projections: bool = False):
+    It listens on 127.0.0.1; `address` is what clients dial, `host` (such as "localhost", the
+    name a TLS certificate was made for) and the port. `args` are extra `serve` flags (such as
+    --auth-file or --tls-cert); `client_options` are the Client options (such as tls_ca) that the
+    health probe needs to reach it.
+    """
+
+    def __init__(
+        self,
+        database: str,
+        log_path: pathlib.Path,
+        projections: bool = False,
+        args: Sequence[str] = (),
+        host: str = "127.0.0.1",
+        client_options: Optional[dict] = None,
+    ):
         self.database = database
         self.database_url = database_url(database)
         self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
+        self.listen = f"127.0.0.1:{self.port}"
+        self.address = f"{host}:{self.port}"
         self.log_path = log_path
         self.projections = projections
+        self.args = list(args)
+        self.client_options = dict(client_options or {})
         self.process = None
 
     def start(self, timeout: float = 60.0) -> None:
         args = [
             str(BINARY), "serve",
-            "--listen", self.address,
+            "--listen", self.listen,
             "--database-url", self.database_url,
         ]
         if self.projections:
             args += ["--projections", str(PROJECTIONS)]
+        args += self.args
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
-        with Client(self.address, timeout=2.0) as probe:
+        # Health needs no token, so the probe only needs what it takes to connect (TLS).
+        with Client(self.address, timeout=2.0, **self.client_options) as probe:
             while True:
                 if self.process.poll() is not None:
                     raise RuntimeError(f"highwater exited with {self.process.returncode}:\n{self.log()}")
@@ -97,11 +117,13 @@ def drop_database(name: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def _server(tmp_path, projections: bool):
+def run_server(tmp_path, projections: bool = False, **options):
+    """Starts a server on a fresh database, yields it, then stops it and drops the database.
+    `options` go to Server (args, host, client_options). For `yield from` in fixtures."""
     if not BINARY.exists():
         pytest.fail(f"no highwater binary at {BINARY}: build it (cargo build) or set HIGHWATER_BIN")
     name = f"hw_py_{uuid.uuid4().hex[:12]}"
-    server = Server(name, tmp_path / "highwater.log", projections=projections)
+    server = Server(name, tmp_path / "highwater.log", projections=projections, **options)
     try:
         server.start()
         yield server
@@ -117,13 +139,13 @@ def _server(tmp_path, projections: bool):
 @pytest.fixture
 def server(tmp_path):
     """A running server on a fresh database (dropped afterwards)."""
-    yield from _server(tmp_path, projections=False)
+    yield from run_server(tmp_path, projections=False)
 
 
 @pytest.fixture
 def projection_server(tmp_path):
     """A running server with the repository's example projections (cart_summary) loaded."""
-    yield from _server(tmp_path, projections=True)
+    yield from run_server(tmp_path, projections=True)
 
 
 @pytest.fixture
