@@ -10,6 +10,7 @@ mod helpers;
 mod metrics;
 mod projection;
 mod read;
+mod restart;
 mod security;
 mod server;
 mod subscribe;

@@ -9,6 +9,8 @@ import {
   Client as GrpcClient,
   type ClientReadableStream,
   credentials as grpcCredentials,
+  type Interceptor,
+  InterceptingCall,
   Metadata,
   type ServiceError,
   status as Status,
@@ -163,8 +165,29 @@ export const DEFAULT_CHANNEL_OPTIONS: Readonly<ChannelOptions> = {
   "grpc.max_reconnect_backoff_ms": 5_000,
 };
 
+/** TLS settings for a server started with `--tls-cert`/`--tls-key`. */
+export interface TlsOptions {
+  /** PEM of the CA that signed the server's certificate (default: Node's trusted CAs). */
+  ca?: string | Buffer;
+  /** PEM client certificate, for a server started with `--tls-client-ca` (with `key`). */
+  cert?: string | Buffer;
+  /** PEM private key of `cert`. */
+  key?: string | Buffer;
+}
+
 export interface ClientOptions {
-  /** Channel credentials; plaintext (insecure) by default. */
+  /**
+   * Bearer token, sent as `authorization: Bearer <token>` with every call (streams, the
+   * subscriptions' reconnects and the admin calls included), for a server started with
+   * `--auth-file`. It works over TLS and plaintext alike.
+   */
+  token?: string;
+  /**
+   * Connect with TLS. An `https://host:port` address means TLS too (with Node's trusted CAs unless
+   * `ca` is given). The address's host name must match the server's certificate.
+   */
+  tls?: TlsOptions;
+  /** Channel credentials (instead of `tls`); plaintext (insecure) by default. */
   credentials?: ChannelCredentials;
   /** @grpc/grpc-js channel options, such as `grpc.keepalive_time_ms`, over DEFAULT_CHANNEL_OPTIONS. */
   channelOptions?: ChannelOptions;
@@ -213,14 +236,19 @@ export class Client {
   private readonly generic: GrpcClient;
   private readonly callTimeoutMs: number | undefined;
 
-  /** @param address `host:port` of the server, `127.0.0.1:50051` by default. */
+  /**
+   * @param address `host:port` of the server, `127.0.0.1:50051` by default; `https://host:port`
+   *   for TLS, `http://host:port` for plaintext.
+   */
   constructor(readonly address: string = "127.0.0.1:50051", options: ClientOptions = {}) {
-    const creds = options.credentials ?? grpcCredentials.createInsecure();
+    const { target, tls } = splitAddress(address);
+    const creds = channelCredentials(address, tls, options);
+    const interceptors = options.token === undefined ? [] : [withMetadata("authorization", bearer(options.token))];
     const channelOptions: ChannelOptions = { ...DEFAULT_CHANNEL_OPTIONS, ...options.channelOptions };
-    this.eventStore = new EventStoreServiceClient(address, creds, channelOptions);
-    const shared = { ...channelOptions, channelOverride: this.eventStore.getChannel() };
-    this.adminService = new AdminServiceClient(address, creds, shared);
-    this.generic = new GrpcClient(address, creds, shared);
+    this.eventStore = new EventStoreServiceClient(target, creds, { ...channelOptions, interceptors });
+    const shared = { ...channelOptions, channelOverride: this.eventStore.getChannel(), interceptors };
+    this.adminService = new AdminServiceClient(target, creds, shared);
+    this.generic = new GrpcClient(target, creds, shared);
     this.callTimeoutMs = options.callTimeoutMs;
   }
 
@@ -464,6 +492,58 @@ export class Client {
   private unaryOptions(): Partial<CallOptions> {
     return this.callTimeoutMs === undefined ? {} : { deadline: Date.now() + this.callTimeoutMs };
   }
+}
+
+/** Splits an `http://` or `https://` scheme off: the gRPC target, and whether the scheme asks for TLS. */
+function splitAddress(address: string): { target: string; tls: boolean | undefined } {
+  const match = /^(https?):\/\/(.*?)\/?$/.exec(address);
+  return match ? { target: match[2], tls: match[1] === "https" } : { target: address, tls: undefined };
+}
+
+function channelCredentials(address: string, schemeTls: boolean | undefined, options: ClientOptions): ChannelCredentials {
+  const tls = options.tls ?? (schemeTls ? {} : undefined);
+  if (tls === undefined) {
+    return options.credentials ?? grpcCredentials.createInsecure();
+  }
+  if (options.credentials) {
+    throw new TypeError("give either credentials or tls, not both");
+  }
+  if (schemeTls === false) {
+    throw new TypeError(`tls options given for a plaintext address ${address}`);
+  }
+  if ((tls.cert === undefined) !== (tls.key === undefined)) {
+    throw new TypeError("give tls.cert and tls.key together");
+  }
+  return grpcCredentials.createSsl(pem(tls.ca, "tls.ca"), pem(tls.key, "tls.key"), pem(tls.cert, "tls.cert"));
+}
+
+function pem(value: string | Buffer | undefined, name: string): Buffer | null {
+  if (value === undefined) {
+    return null;
+  }
+  const bytes = typeof value === "string" ? Buffer.from(value, "utf8") : Buffer.from(value);
+  if (!bytes.includes("-----BEGIN")) {
+    throw new TypeError(`${name} must be PEM text (the file's contents, not its path)`);
+  }
+  return bytes;
+}
+
+function bearer(token: string): string {
+  if (token === "" || token.trim() !== token || !/^[\x20-\x7e]+$/.test(token)) {
+    throw new TypeError("token must be non-empty printable ASCII without surrounding spaces");
+  }
+  return `Bearer ${token}`;
+}
+
+/** An interceptor that sets one metadata entry on every call (unary and streaming). */
+function withMetadata(key: string, value: string): Interceptor {
+  return (options, nextCall) =>
+    new InterceptingCall(nextCall(options), {
+      start(metadata, listener, next) {
+        metadata.set(key, value);
+        next(metadata, listener);
+      },
+    });
 }
 
 /** Decodes an event's data as JSON. */

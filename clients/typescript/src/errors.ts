@@ -1,6 +1,7 @@
 // Errors surfaced by the client: every failed call rejects with a HighwaterError carrying the gRPC
 // status code and the server's message, plus the rich details Highwater sends
-// (google.rpc.ErrorInfo and google.rpc.BadRequest in the `grpc-status-details-bin` trailer).
+// (google.rpc.ErrorInfo and google.rpc.BadRequest in the `grpc-status-details-bin` trailer) and the
+// call's request id (`x-request-id`).
 
 import { BinaryReader, WireType } from "@bufbuild/protobuf/wire";
 import { Metadata, status as Status } from "@grpc/grpc-js";
@@ -31,6 +32,10 @@ export class HighwaterError extends Error {
   readonly fieldViolations: readonly FieldViolation[];
   /** The response trailers. */
   readonly metadata: Metadata | undefined;
+  /**
+   * The server's `x-request-id` for the call (its log lines carry it), when the server answered.
+   */
+  readonly requestId: string | undefined;
 
   constructor(
     code: Status,
@@ -55,6 +60,8 @@ export class HighwaterError extends Error {
     this.info = extra.info ?? {};
     this.fieldViolations = extra.fieldViolations ?? [];
     this.metadata = extra.metadata;
+    const requestId = extra.metadata?.get("x-request-id")[0];
+    this.requestId = typeof requestId === "string" && requestId !== "" ? requestId : undefined;
   }
 }
 
@@ -76,6 +83,18 @@ export class WrongExpectedRevisionError extends HighwaterError {
     return this.info.actual;
   }
 }
+
+/**
+ * UNAUTHENTICATED: no token, a malformed `authorization` header, or a token the server does not
+ * know. Give the client a valid `token`.
+ */
+export class UnauthenticatedError extends HighwaterError {}
+
+/**
+ * PERMISSION_DENIED: the token is known but its role is too low for the call (read < write <
+ * admin); the message names the token and the role the call needs.
+ */
+export class PermissionDeniedError extends HighwaterError {}
 
 interface GrpcLikeError {
   code: number;
@@ -102,6 +121,10 @@ export function toHighwaterError(err: unknown): unknown {
   const extra = decodeStatusDetails(err.metadata);
   const Ctor = err.code === Status.ABORTED && extra.reason === "WRONG_EXPECTED_REVISION"
     ? WrongExpectedRevisionError
+    : err.code === Status.UNAUTHENTICATED
+    ? UnauthenticatedError
+    : err.code === Status.PERMISSION_DENIED
+    ? PermissionDeniedError
     : HighwaterError;
   return new Ctor(err.code, details, { ...extra, metadata: err.metadata, cause: err });
 }

@@ -19,8 +19,16 @@ export {
   RebuildFailedError,
   type SubscribeAllOptions,
   type SubscribeStreamOptions,
+  type TlsOptions,
 } from "./client";
-export { type FieldViolation, HighwaterError, Status, WrongExpectedRevisionError } from "./errors";
+export {
+  type FieldViolation,
+  HighwaterError,
+  PermissionDeniedError,
+  Status,
+  UnauthenticatedError,
+  WrongExpectedRevisionError,
+} from "./errors";
 export type { ServingStatus } from "./health";
 export {
   type ReconnectOptions,

@@ -7,7 +7,7 @@ import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { createServer } from "node:net";
 import * as path from "node:path";
-import { Client } from "../../src/index";
+import { Client, type ClientOptions } from "../../src/index";
 
 /** The repository root: the folder above clients/typescript that holds proto/. */
 export const REPO_ROOT = findRepoRoot(__dirname);
@@ -70,8 +70,15 @@ export function psql(url: string, sql: string): string {
 export interface ServerOptions {
   /** Load the example projections (cart_summary). */
   projections?: boolean;
-  /** Extra command-line arguments for `highwater serve`. */
+  /** Extra command-line arguments for `highwater serve` (such as --auth-file or --tls-cert). */
   args?: string[];
+  /**
+   * The host name clients dial (default 127.0.0.1), such as `localhost` for a TLS certificate
+   * made for that name. The server always listens on 127.0.0.1.
+   */
+  host?: string;
+  /** What a client needs to reach the server (such as `tls`), for the readiness probe. */
+  clientOptions?: ClientOptions;
 }
 
 /**
@@ -88,7 +95,13 @@ export class TestServer {
 
   constructor(private readonly options: ServerOptions = {}) {}
 
+  /** What clients dial: the host (127.0.0.1 unless told) and the port. */
   get address(): string {
+    return `${this.options.host ?? "127.0.0.1"}:${this.port}`;
+  }
+
+  /** Where the server listens. */
+  get listen(): string {
     return `127.0.0.1:${this.port}`;
   }
 
@@ -110,7 +123,7 @@ export class TestServer {
     if (this.port === 0) {
       this.port = await freePort();
     }
-    const args = ["serve", "--listen", this.address, "--database-url", this.databaseUrl];
+    const args = ["serve", "--listen", this.listen, "--database-url", this.databaseUrl];
     if (this.options.projections) {
       args.push("--projections", EXAMPLE_PROJECTIONS);
     }
@@ -134,7 +147,8 @@ export class TestServer {
   }
 
   private async waitReady(child: ChildProcess): Promise<void> {
-    const client = new Client(this.address);
+    // Health needs no token: the probe only needs what it takes to connect (TLS).
+    const client = new Client(this.address, this.options.clientOptions);
     const deadline = Date.now() + 60_000;
     try {
       for (;;) {
