@@ -75,6 +75,27 @@ pub async fn apply_batch(
     events: &[RecordedEvent],
     failures: Failures,
 ) -> Result<Vec<HandlerFailure>, HandlerFailure> {
+    let role_failure = |error: sqlx::Error| HandlerFailure {
+        position: events.first().map_or(0, |e| e.position),
+        event_type: String::new(),
+        message: database_message(&error),
+    };
+    super::role::assume(connection)
+        .await
+        .map_err(role_failure)?;
+    let failed = apply_as_projection_role(connection, handlers, events, failures).await?;
+    super::role::restore(connection)
+        .await
+        .map_err(role_failure)?;
+    Ok(failed)
+}
+
+async fn apply_as_projection_role(
+    connection: &mut PgConnection,
+    handlers: &BTreeMap<String, Handler>,
+    events: &[RecordedEvent],
+    failures: Failures,
+) -> Result<Vec<HandlerFailure>, HandlerFailure> {
     let mut failed = Vec::new();
     for event in events {
         let Some(handler) = handlers.get(&event.event_type) else {

@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod definition;
 pub mod keys;
 pub mod rebuild;
+pub mod role;
 pub mod versions;
 pub mod worker;
 
@@ -229,12 +230,7 @@ impl Projections {
                 )));
             }
             None => {
-                sqlx::query(sqlx::AssertSqlSafe(
-                    definition.setup_sql(definition.version),
-                ))
-                .execute(&mut *transaction)
-                .await
-                .map_err(|error| rebuild::setup_error(&definition, &error))?;
+                rebuild::run_setup(&mut transaction, &definition, definition.version).await?;
                 check_handlers(&mut transaction, &definition, definition.version).await?;
                 versions::install_apply_function(&mut transaction, &definition, definition.version)
                     .await?;

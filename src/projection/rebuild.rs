@@ -275,10 +275,7 @@ impl RebuildRun<'_> {
             Strategy::BlueGreen => {
                 let next = all.first().map_or(1, |v| v.version) + 1;
                 let mut transaction = self.connection.begin().await?;
-                sqlx::query(sqlx::AssertSqlSafe(active.definition.setup_sql(next)))
-                    .execute(&mut *transaction)
-                    .await
-                    .map_err(|error| setup_error(&active.definition, &error))?;
+                run_setup(&mut transaction, &active.definition, next).await?;
                 let mut definition = active.definition.clone();
                 definition.version = next;
                 sqlx::query(
@@ -519,6 +516,22 @@ impl RebuildRun<'_> {
             p.error = Some(reason.to_string());
         });
     }
+}
+
+/// Runs a version's setup SQL as the projection role, so that its table belongs to that role.
+pub async fn run_setup(
+    connection: &mut PgConnection,
+    definition: &Definition,
+    version: i32,
+) -> Result<()> {
+    let setup = async {
+        super::role::assume(connection).await?;
+        sqlx::query(sqlx::AssertSqlSafe(definition.setup_sql(version)))
+            .execute(&mut *connection)
+            .await?;
+        super::role::restore(connection).await
+    };
+    setup.await.map_err(|error| setup_error(definition, &error))
 }
 
 pub fn setup_error(definition: &Definition, error: &sqlx::Error) -> Error {

@@ -275,6 +275,7 @@ pub async fn apply_range(
         "SELECT * FROM {}($1, $2, $3, $4)",
         definition.apply_function(version)
     );
+    super::role::assume(connection).await?;
     let rows: Vec<ApplyRow> = sqlx::query_as(AssertSqlSafe(sql))
         .bind(after as i64)
         .bind(upto as i64)
@@ -282,6 +283,7 @@ pub async fn apply_range(
         .bind(collect)
         .fetch_all(&mut *connection)
         .await?;
+    super::role::restore(connection).await?;
     let mut applied = Applied {
         last: after,
         ..Applied::default()

@@ -738,3 +738,58 @@ async fn a_rebuild_whose_process_is_killed_is_resumed_by_another_process() {
     b.kill().unwrap();
     b.wait().unwrap();
 }
+
+#[tokio::test]
+async fn projection_sql_runs_as_a_role_that_cannot_touch_the_log() {
+    let mut app = TestApp::spawn().await;
+    let mut admin = admin(app.server.endpoint()).await;
+    let register = |toml: String| pb::RegisterProjectionRequest {
+        source: Some(pb::register_projection_request::Source::Toml(toml)),
+    };
+    let evil = r#"
+name = "evil"
+mode = "inline"
+setup = "CREATE TABLE {{table}} (stream text PRIMARY KEY)"
+[handlers]
+Seen = "INSERT INTO {{table}} VALUES ($stream) ON CONFLICT DO NOTHING"
+Rewind = "UPDATE log_head SET position = 0"
+Forget = "DELETE FROM events"
+"#;
+    admin
+        .register_projection(register(evil.into()))
+        .await
+        .unwrap();
+    wait_active(&mut admin, "evil", 1, Duration::from_secs(10)).await;
+    app.append(append_request("s-1", None, vec![json_event("Seen", "{}")]))
+        .await
+        .expect("its own table is writable");
+    for event_type in ["Rewind", "Forget"] {
+        let status = app
+            .append(append_request(
+                "s-1",
+                None,
+                vec![json_event(event_type, "{}")],
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        assert!(status.message().contains("permission denied"), "{status:?}");
+    }
+    // A setup that reaches outside the projections schema is refused at registration.
+    let setup = r#"
+name = "sneaky"
+mode = "inline"
+setup = "CREATE TABLE {{table}} AS SELECT position AS n FROM log_head"
+[handlers]
+Seen = "INSERT INTO {{table}} VALUES (1)"
+"#;
+    let status = admin
+        .register_projection(register(setup.into()))
+        .await
+        .unwrap_err();
+    assert!(status.message().contains("permission denied"), "{status:?}");
+    // The log is intact: the one accepted event.
+    let log = app.read_all().await;
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].r#type, "Seen");
+}

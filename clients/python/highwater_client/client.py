@@ -144,8 +144,8 @@ class Client:
     `https://host:port` target or when any of the PEM options is given: `tls_ca` is the CA that
     signed the server's certificate (default: the system's trusted CAs), `tls_client_cert` and
     `tls_client_key` a client certificate for servers that require one (--tls-client-ca). A plain
-    `host:port` (or `http://host:port`) without them is plaintext, which the server accepts on a
-    loopback address, with or without a token.
+    `host:port` (or `http://host:port`) without them is plaintext, with or without a token: fine
+    on a loopback address; elsewhere the token would travel in the clear.
     """
 
     def __init__(
