@@ -219,59 +219,62 @@ impl EventPrinter {
     }
 }
 
-pub async fn read(args: ReadArgs) -> CliResult {
-    let direction = if args.backwards {
-        pb::Direction::Backwards
+/// The direction of a read, and where it starts when no start is given (the first event
+/// forwards, the last one backwards).
+fn direction(backwards: bool) -> (pb::Direction, u64) {
+    if backwards {
+        (pb::Direction::Backwards, FROM_END)
     } else {
-        pb::Direction::Forwards
-    };
+        (pb::Direction::Forwards, 0)
+    }
+}
+
+/// Prints every event of a read as it arrives.
+async fn print_read<T>(
+    mut stream: tonic::Streaming<T>,
+    json: bool,
+    event_of: fn(T) -> Option<pb::RecordedEvent>,
+    what: &str,
+) -> CliResult {
+    let mut printer = EventPrinter::new(json);
+    while let Some(message) = stream.message().await? {
+        if let Some(event) = event_of(message) {
+            printer.print(&event)?;
+        }
+    }
+    printer.finish(what)
+}
+
+pub async fn read(args: ReadArgs) -> CliResult {
+    let (direction, start) = direction(args.backwards);
     let request = pb::ReadStreamRequest {
         stream: args.stream.clone(),
-        from_revision: args
-            .from
-            .unwrap_or(if args.backwards { FROM_END } else { 0 }),
+        from_revision: args.from.unwrap_or(start),
         direction: direction as i32,
         max_count: args.limit.unwrap_or(0),
     };
-    let mut stream = client(&args.client)
+    let stream = client(&args.client)
         .await?
         .read_stream(request)
         .await?
         .into_inner();
-    let mut printer = EventPrinter::new(args.client.json);
-    while let Some(message) = stream.message().await? {
-        if let Some(event) = message.event {
-            printer.print(&event)?;
-        }
-    }
-    printer.finish(&format!("stream {}", args.stream))
+    let what = format!("stream {}", args.stream);
+    print_read(stream, args.client.json, |m| m.event, &what).await
 }
 
 pub async fn read_all(args: ReadAllArgs) -> CliResult {
-    let direction = if args.backwards {
-        pb::Direction::Backwards
-    } else {
-        pb::Direction::Forwards
-    };
+    let (direction, start) = direction(args.backwards);
     let request = pb::ReadAllRequest {
-        after_position: args
-            .after
-            .unwrap_or(if args.backwards { FROM_END } else { 0 }),
+        after_position: args.after.unwrap_or(start),
         direction: direction as i32,
         max_count: args.limit.unwrap_or(0),
     };
-    let mut stream = client(&args.client)
+    let stream = client(&args.client)
         .await?
         .read_all(request)
         .await?
         .into_inner();
-    let mut printer = EventPrinter::new(args.client.json);
-    while let Some(message) = stream.message().await? {
-        if let Some(event) = message.event {
-            printer.print(&event)?;
-        }
-    }
-    printer.finish("the log")
+    print_read(stream, args.client.json, |m| m.event, "the log").await
 }
 
 /// Whether a subscription error is worth reconnecting for: the server went away or restarts.

@@ -172,7 +172,7 @@ fn token(args: TokenArgs) -> CliResult {
 
 /// Adds the bearer token (if any) to every call.
 #[derive(Clone)]
-pub struct BearerToken(Option<MetadataValue<Ascii>>);
+pub struct BearerToken(pub Option<MetadataValue<Ascii>>);
 
 impl Interceptor for BearerToken {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {

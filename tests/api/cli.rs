@@ -62,6 +62,12 @@ async fn run(app: &TestApp, args: &[&str]) -> Run {
     run_on(&app.server.endpoint(), args, "").await
 }
 
+/// The command failed, and its error starts as given (the gRPC code and the message's start).
+fn assert_fails_with(run: &Run, start: &str) {
+    assert!(!run.success, "succeeded: {}", run.stdout);
+    assert!(run.stderr.starts_with(start), "{}", run.stderr);
+}
+
 fn positions(events: &[Value]) -> Vec<u64> {
     events
         .iter()
@@ -177,19 +183,9 @@ async fn append_and_read_round_trip_and_errors_print_the_grpc_code() {
         &["append", "cart-1", "--type", "X", "--data", "{not json"],
     )
     .await;
-    assert!(!invalid.success);
-    assert!(
-        invalid.stderr.starts_with("error: INVALID_ARGUMENT:"),
-        "{}",
-        invalid.stderr
-    );
+    assert_fails_with(&invalid, "error: INVALID_ARGUMENT:");
     let missing = run(&app, &["read", "cart-404"]).await;
-    assert!(!missing.success);
-    assert!(
-        missing.stderr.starts_with("error: NOT_FOUND:"),
-        "{}",
-        missing.stderr
-    );
+    assert_fails_with(&missing, "error: NOT_FOUND:");
     let bad_flag = run(
         &app,
         &[
@@ -219,12 +215,7 @@ async fn append_and_read_round_trip_and_errors_print_the_grpc_code() {
         "",
     )
     .await;
-    assert!(!unreachable.success);
-    assert!(
-        unreachable.stderr.starts_with("error: UNAVAILABLE:"),
-        "{}",
-        unreachable.stderr
-    );
+    assert_fails_with(&unreachable, "error: UNAVAILABLE:");
 }
 
 #[tokio::test]
@@ -392,17 +383,7 @@ async fn rebuild_reports_progress_to_done_and_projections_show_the_new_version()
     assert_eq!(last["position"], 20);
 
     let unknown = run(&app, &["rebuild", "nope"]).await;
-    assert!(!unknown.success);
-    assert!(
-        unknown.stderr.starts_with("error: NOT_FOUND:"),
-        "{}",
-        unknown.stderr
-    );
+    assert_fails_with(&unknown, "error: NOT_FOUND:");
     let unknown = run(&app, &["projection", "nope"]).await;
-    assert!(!unknown.success);
-    assert!(
-        unknown.stderr.starts_with("error: NOT_FOUND:"),
-        "{}",
-        unknown.stderr
-    );
+    assert_fails_with(&unknown, "error: NOT_FOUND:");
 }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use highwater::{
     auth::hash_token,
+    cli::BearerToken as Bearer,
     pb::{
         self, admin_service_client::AdminServiceClient,
         event_store_service_client::EventStoreServiceClient,
@@ -12,29 +13,14 @@ use highwater::{
 };
 use tonic::{
     Code, Request, Status,
-    metadata::{Ascii, MetadataValue},
-    service::{Interceptor, interceptor::InterceptedService},
+    service::interceptor::InterceptedService,
     transport::{Certificate, Channel, ClientTlsConfig, Identity},
 };
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::helpers::*;
 
-/// Sends a fixed authorization header (or none).
-#[derive(Clone)]
-struct Bearer(Option<MetadataValue<Ascii>>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
-
+/// Sends a fixed authorization header (or none), as the command-line client does.
 type Authed = InterceptedService<Channel, Bearer>;
 
 fn code<T>(result: Result<T, Status>) -> Code {
