@@ -259,17 +259,19 @@ pub async fn subscriptions(args: ClientArgs) -> CliResult {
                 "name": s.name,
                 "position": s.position,
                 "lag": s.lag,
+                "lag_seconds": s.lag_seconds,
                 "updated_at": timestamp(s.updated_at.as_ref()),
             }))?;
         }
         return Ok(());
     }
-    let mut table = Table::new(&["NAME", "POSITION", "LAG", "UPDATED"]);
+    let mut table = Table::new(&["NAME", "POSITION", "LAG", "LAG(S)", "UPDATED"]);
     for s in &all {
         table.row(vec![
             s.name.clone(),
             s.position.to_string(),
             s.lag.to_string(),
+            format!("{:.1}", s.lag_seconds),
             timestamp(s.updated_at.as_ref()),
         ]);
     }

@@ -156,6 +156,7 @@ pub fn subscription_info(subscription: DurableSubscription) -> pb::SubscriptionI
         name: subscription.name,
         position: subscription.position,
         lag: subscription.lag,
+        lag_seconds: subscription.lag_seconds,
         updated_at: Some(prost_types::Timestamp::from(subscription.updated_at)),
     }
 }

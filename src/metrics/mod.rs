@@ -124,6 +124,19 @@ pub async fn render(core: &ReadyCore) -> String {
                     s.lag as f64,
                 );
             }
+            gauge_header(
+                &mut out,
+                "highwater_subscription_lag_seconds",
+                "Age of the oldest event after a durable subscription's checkpoint.",
+            );
+            for s in &subscriptions {
+                sample(
+                    &mut out,
+                    "highwater_subscription_lag_seconds",
+                    &[("subscription", &s.name)],
+                    s.lag_seconds,
+                );
+            }
         }
         Err(error) => {
             warn!(%error, "metrics: durable subscriptions");

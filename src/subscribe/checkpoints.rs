@@ -16,6 +16,8 @@ pub struct DurableSubscription {
     pub position: u64,
     /// Events committed after the checkpoint.
     pub lag: u64,
+    /// Age of the oldest event after the checkpoint, in seconds; 0 when caught up.
+    pub lag_seconds: f64,
     pub updated_at: SystemTime,
 }
 
@@ -65,9 +67,12 @@ pub async fn save(pool: &PgPool, name: &str, position: u64) -> Result<u64> {
 }
 
 pub async fn list(pool: &PgPool) -> Result<Vec<DurableSubscription>> {
-    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+    // The lag in time is the age of the first event after the checkpoint (0 when caught up).
+    let rows: Vec<(String, i64, i64, i64, f64)> = sqlx::query_as(
         "SELECT s.name, s.position, greatest(h.position - s.position, 0),
-                (extract(epoch FROM s.updated_at) * 1000000)::bigint
+                (extract(epoch FROM s.updated_at) * 1000000)::bigint,
+                coalesce((SELECT greatest(extract(epoch FROM now() - e.recorded_at), 0)::float8
+                            FROM events e WHERE e.position = s.position + 1), 0)
            FROM subscriptions s CROSS JOIN log_head h
           ORDER BY s.name",
     )
@@ -75,12 +80,15 @@ pub async fn list(pool: &PgPool) -> Result<Vec<DurableSubscription>> {
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(name, position, lag, updated_us)| DurableSubscription {
-            name,
-            position: position as u64,
-            lag: lag as u64,
-            updated_at: micros_to_time(updated_us),
-        })
+        .map(
+            |(name, position, lag, updated_us, lag_seconds)| DurableSubscription {
+                name,
+                position: position as u64,
+                lag: lag as u64,
+                lag_seconds,
+                updated_at: micros_to_time(updated_us),
+            },
+        )
         .collect())
 }
 

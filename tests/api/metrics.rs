@@ -89,6 +89,12 @@ async fn metrics_count_appends_and_show_subscription_and_projection_lag() {
         ),
         2.0
     );
+    // Behind by events appended moments ago: a small, positive age.
+    let lag_seconds = value(
+        &after,
+        "highwater_subscription_lag_seconds{subscription=\"audit\"}",
+    );
+    assert!(lag_seconds > 0.0 && lag_seconds < 60.0, "{lag_seconds}");
     // Inline: at most the events appended while its first version was still building.
     assert!(
         value(
