@@ -170,14 +170,7 @@ async fn append_and_read_round_trip_and_errors_print_the_grpc_code() {
         ],
     )
     .await;
-    assert!(!conflict.success);
-    assert!(
-        conflict
-            .stderr
-            .starts_with("error: ABORTED: wrong expected revision"),
-        "{}",
-        conflict.stderr
-    );
+    assert_fails_with(&conflict, "error: ABORTED: wrong expected revision");
     let invalid = run(
         &app,
         &["append", "cart-1", "--type", "X", "--data", "{not json"],
