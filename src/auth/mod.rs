@@ -188,8 +188,12 @@ pub fn required_role(path: &str) -> Option<Role> {
         | "grpc.reflection.v1.ServerReflection"
         | "grpc.reflection.v1alpha.ServerReflection" => None,
         "highwater.v1.EventStoreService" => Some(match method {
-            "Append" | "SaveCheckpoint" | "DeleteSubscription" => Role::Write,
-            _ => Role::Read,
+            "ReadStream" | "ReadAll" | "SubscribeAll" | "SubscribeStream" | "ListSubscriptions" => {
+                Role::Read
+            }
+            "Append" | "SaveCheckpoint" | "DeleteSubscription" | "DeleteStream" => Role::Write,
+            // Unknown methods (answered UNIMPLEMENTED after the check) need the most.
+            _ => Role::Admin,
         }),
         // The admin service, and anything unknown (answered UNIMPLEMENTED after the check).
         _ => Some(Role::Admin),

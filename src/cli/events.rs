@@ -103,20 +103,22 @@ async fn client(args: &ClientArgs) -> CliResult<EventStoreServiceClient<Connecti
     Ok(EventStoreServiceClient::new(connect(args).await?).max_decoding_message_size(usize::MAX))
 }
 
-fn expected(text: &str) -> CliResult<Option<Expected>> {
-    let state = |state: pb::ExpectedState| Ok(Some(Expected::State(state as i32)));
+/// Parses `--expected-revision` into a request's `expected` oneof, given its two variants.
+pub(super) fn expected<E>(
+    text: &str,
+    revision: fn(u64) -> E,
+    state: fn(i32) -> E,
+) -> CliResult<Option<E>> {
+    let state = |value: pb::ExpectedState| Ok(Some(state(value as i32)));
     match text {
         "any" => state(pb::ExpectedState::Any),
         "no-stream" => state(pb::ExpectedState::NoStream),
         "exists" => state(pb::ExpectedState::StreamExists),
-        number => number
-            .parse()
-            .map(|n| Some(Expected::Revision(n)))
-            .map_err(|_| {
-                CliError::Input(format!(
-                    "--expected-revision {number:?} is not a revision, any, no-stream or exists"
-                ))
-            }),
+        number => number.parse().map(|n| Some(revision(n))).map_err(|_| {
+            CliError::Input(format!(
+                "--expected-revision {number:?} is not a revision, any, no-stream or exists"
+            ))
+        }),
     }
 }
 
@@ -144,7 +146,7 @@ pub async fn append(args: AppendArgs) -> CliResult {
     };
     let request = pb::AppendRequest {
         stream: args.stream.clone(),
-        expected: expected(&args.expected_revision)?,
+        expected: expected(&args.expected_revision, Expected::Revision, Expected::State)?,
         events: vec![pb::ProposedEvent {
             id: args.id.unwrap_or_else(Uuid::now_v7).to_string(),
             r#type: args.event_type,

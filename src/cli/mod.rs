@@ -3,6 +3,7 @@
 //! the gRPC code and the server's message and exit non-zero.
 
 mod admin;
+mod deletion;
 mod events;
 mod progress;
 mod render;
@@ -18,6 +19,7 @@ use tonic::{
 };
 
 pub use admin::{HealthArgs, ProjectionArgs, RebuildArgs};
+pub use deletion::DeleteStreamArgs;
 pub use events::{AppendArgs, ReadAllArgs, ReadArgs, TailArgs};
 
 /// Where the server is and how to print: shared by every client subcommand.
@@ -63,6 +65,9 @@ pub enum ClientCommand {
     ReadAll(ReadAllArgs),
     /// Follow the global log like `tail -f`: one event per line.
     Tail(TailArgs),
+    /// Delete a stream: soft (it reads as not found and may be written again) or, with
+    /// --hard, erase its events for good (needs an admin token).
+    DeleteStream(DeleteStreamArgs),
     /// Rebuild a projection on the server, showing its progress.
     Rebuild(RebuildArgs),
     /// List projections with their status and lag.
@@ -139,6 +144,7 @@ pub async fn run(command: ClientCommand) -> ExitCode {
         ClientCommand::Read(args) => events::read(args).await,
         ClientCommand::ReadAll(args) => events::read_all(args).await,
         ClientCommand::Tail(args) => events::tail(args).await,
+        ClientCommand::DeleteStream(args) => deletion::delete_stream(args).await,
         ClientCommand::Rebuild(args) => admin::rebuild(args).await,
         ClientCommand::Projections(args) => admin::projections(args).await,
         ClientCommand::Projection(args) => admin::projection(args).await,

@@ -6,7 +6,7 @@ use tokio_stream::{Stream, StreamExt, wrappers::WatchStream};
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
-use super::ReadyCore;
+use super::{ReadyCore, convert};
 use crate::{
     error::Error,
     pb::{self, admin_service_server::AdminService as AdminApi},
@@ -15,6 +15,7 @@ use crate::{
         definition::{Definition, Mode, OnError},
         rebuild::{Phase, Progress, Strategy},
     },
+    store::deletion::Deletion,
 };
 
 pub struct AdminService {
@@ -176,6 +177,25 @@ impl AdminApi for AdminService {
         Ok(Response::new(pb::RetryDeadLettersResponse {
             applied,
             still_failing,
+        }))
+    }
+
+    #[instrument(skip_all, fields(stream = %request.get_ref().stream))]
+    async fn hard_delete_stream(
+        &self,
+        request: Request<pb::HardDeleteStreamRequest>,
+    ) -> Result<Response<pb::HardDeleteStreamResponse>, Status> {
+        let request = request.into_inner();
+        let expected = convert::hard_delete_stream_expected(&request)?;
+        let result = self
+            .core
+            .get()?
+            .store
+            .delete_stream(request.stream, expected, Deletion::Hard)
+            .await?;
+        Ok(Response::new(pb::HardDeleteStreamResponse {
+            deleted_revision: result.deleted_revision,
+            erased_events: result.erased_events,
         }))
     }
 }

@@ -11,26 +11,42 @@ use crate::{
     },
 };
 
-pub fn append_input(request: pb::AppendRequest) -> Result<AppendInput> {
-    let expected = match request.expected {
-        None => ExpectedRevision::Any,
-        Some(pb::append_request::Expected::Revision(revision)) => ExpectedRevision::Exact(revision),
-        Some(pb::append_request::Expected::State(state)) => {
-            match pb::ExpectedState::try_from(state) {
-                Ok(pb::ExpectedState::Unspecified | pb::ExpectedState::Any) => {
-                    ExpectedRevision::Any
-                }
-                Ok(pb::ExpectedState::NoStream) => ExpectedRevision::NoStream,
-                Ok(pb::ExpectedState::StreamExists) => ExpectedRevision::StreamExists,
-                Err(_) => {
-                    return Err(Error::invalid(
-                        "state",
-                        format!("unknown expected state {state}"),
-                    ));
-                }
-            }
+/// The `expected` oneof, which append and both deletes spell the same way.
+macro_rules! expected {
+    ($oneof:path, $value:expr) => {{
+        use $oneof as Expected;
+        match $value {
+            None => Ok(ExpectedRevision::Any),
+            Some(Expected::Revision(revision)) => Ok(ExpectedRevision::Exact(revision)),
+            Some(Expected::State(state)) => expected_state(state),
         }
-    };
+    }};
+}
+
+fn expected_state(state: i32) -> Result<ExpectedRevision> {
+    match pb::ExpectedState::try_from(state) {
+        Ok(pb::ExpectedState::Unspecified | pb::ExpectedState::Any) => Ok(ExpectedRevision::Any),
+        Ok(pb::ExpectedState::NoStream) => Ok(ExpectedRevision::NoStream),
+        Ok(pb::ExpectedState::StreamExists) => Ok(ExpectedRevision::StreamExists),
+        Err(_) => Err(Error::invalid(
+            "state",
+            format!("unknown expected state {state}"),
+        )),
+    }
+}
+
+pub fn delete_stream_expected(request: &pb::DeleteStreamRequest) -> Result<ExpectedRevision> {
+    expected!(pb::delete_stream_request::Expected, request.expected)
+}
+
+pub fn hard_delete_stream_expected(
+    request: &pb::HardDeleteStreamRequest,
+) -> Result<ExpectedRevision> {
+    expected!(pb::hard_delete_stream_request::Expected, request.expected)
+}
+
+pub fn append_input(request: pb::AppendRequest) -> Result<AppendInput> {
+    let expected = expected!(pb::append_request::Expected, request.expected)?;
     let events = request
         .events
         .into_iter()

@@ -12,7 +12,7 @@ use tokio_stream::{Stream, StreamExt};
 use super::{ReadyCore, convert};
 use crate::{
     pb::{self, event_store_service_server::EventStoreService as EventStoreApi},
-    store::reader::ReadCursor,
+    store::{deletion::Deletion, reader::ReadCursor},
     subscribe::SubscriptionMessage,
 };
 
@@ -170,6 +170,24 @@ impl EventStoreApi for EventStoreService {
             .delete(request.into_inner().subscription)
             .await?;
         Ok(Response::new(pb::DeleteSubscriptionResponse {}))
+    }
+
+    #[instrument(skip_all, fields(stream = %request.get_ref().stream))]
+    async fn delete_stream(
+        &self,
+        request: Request<pb::DeleteStreamRequest>,
+    ) -> Result<Response<pb::DeleteStreamResponse>, Status> {
+        let request = request.into_inner();
+        let expected = convert::delete_stream_expected(&request)?;
+        let result = self
+            .core
+            .get()?
+            .store
+            .delete_stream(request.stream, expected, Deletion::Soft)
+            .await?;
+        Ok(Response::new(pb::DeleteStreamResponse {
+            deleted_revision: result.deleted_revision,
+        }))
     }
 }
 

@@ -1,6 +1,7 @@
 //! The event log on PostgreSQL: the writer (appends), the reader (paged reads) and schema access.
 
 pub mod database;
+pub mod deletion;
 pub mod model;
 pub mod reader;
 pub mod validate;
@@ -13,7 +14,8 @@ use crate::{
     error::{Error, Result},
     metrics,
 };
-use model::{AppendInput, AppendResult, Direction};
+use deletion::Deletion;
+use model::{AppendInput, AppendResult, DeleteResult, Direction, ExpectedRevision};
 use reader::ReadCursor;
 use validate::Limits;
 use writer::Writer;
@@ -68,7 +70,26 @@ impl Store {
         result
     }
 
-    /// A cursor over one stream; `NOT_FOUND` when the stream has no events.
+    /// Deletes a stream (see [`Deletion`]); `NOT_FOUND` when there is nothing to delete.
+    pub async fn delete_stream(
+        &self,
+        stream: String,
+        expected: ExpectedRevision,
+        deletion: Deletion,
+    ) -> Result<DeleteResult> {
+        check_stream(&stream)?;
+        let result = deletion::delete_stream(&self.pool, &stream, expected, deletion).await?;
+        tracing::info!(
+            %stream,
+            ?deletion,
+            revision = result.deleted_revision,
+            erased = result.erased_events,
+            "stream deleted"
+        );
+        Ok(result)
+    }
+
+    /// A cursor over one stream; `NOT_FOUND` when the stream has no events (or is deleted).
     pub async fn read_stream(
         &self,
         stream: String,
@@ -76,11 +97,7 @@ impl Store {
         direction: Direction,
         max_count: u64,
     ) -> Result<ReadCursor> {
-        let mut violations = Vec::new();
-        validate::check_stream_name("stream", &stream, &mut violations);
-        if !violations.is_empty() {
-            return Err(Error::InvalidArgument(violations));
-        }
+        check_stream(&stream)?;
         if !reader::stream_exists(&self.pool, &stream).await? {
             return Err(Error::StreamNotFound(stream));
         }
@@ -106,5 +123,15 @@ impl Store {
     /// Answers every append queued so far, then stops the writer.
     pub async fn stop(&self) {
         self.writer.stop().await;
+    }
+}
+
+fn check_stream(stream: &str) -> Result<()> {
+    let mut violations = Vec::new();
+    validate::check_stream_name("stream", stream, &mut violations);
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(violations))
     }
 }

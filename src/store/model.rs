@@ -74,6 +74,15 @@ pub struct AppendResult {
     pub last_position: u64,
 }
 
+/// What a stream delete did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeleteResult {
+    /// The stream's last revision at the delete.
+    pub deleted_revision: u64,
+    /// Events erased from the log (hard deletes only).
+    pub erased_events: u64,
+}
+
 /// An event as stored.
 #[derive(Debug, Clone)]
 pub struct RecordedEvent {

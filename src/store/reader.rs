@@ -87,7 +87,13 @@ impl ReadCursor {
         };
         let (key_column, filter) = match self.scope {
             Scope::All => ("position", ""),
-            Scope::Stream(_) => ("revision", "AND e.stream = $4"),
+            // Revisions up to a soft delete are hidden (all of them after a hard delete, which
+            // erased them anyway).
+            Scope::Stream(_) => (
+                "revision",
+                "AND e.stream = $4 AND e.revision > coalesce(
+                     (SELECT s.deleted_through FROM streams s WHERE s.stream = $4), -1)",
+            ),
         };
         let (comparison, order) = match self.direction {
             Direction::Forwards => (">=", "ASC"),
@@ -150,12 +156,15 @@ fn limit(max_count: u64) -> Option<u64> {
     (max_count > 0).then_some(max_count)
 }
 
-/// Whether a stream has any event.
+/// Whether a stream has any event that is not deleted.
 pub async fn stream_exists(pool: &PgPool, stream: &str) -> Result<bool> {
-    let found: Option<i64> = sqlx::query_scalar("SELECT revision FROM streams WHERE stream = $1")
-        .bind(stream)
-        .fetch_optional(pool)
-        .await?;
+    let found: Option<i64> = sqlx::query_scalar(
+        "SELECT revision FROM streams
+          WHERE stream = $1 AND revision > coalesce(deleted_through, -1)",
+    )
+    .bind(stream)
+    .fetch_optional(pool)
+    .await?;
     Ok(found.is_some())
 }
 

@@ -339,12 +339,7 @@ async fn call_append<'c>(
     let mut content_types = Vec::with_capacity(event_count);
     let mut metadata = Vec::with_capacity(event_count);
     for request in requests {
-        let (kind, revision) = match request.expected {
-            ExpectedRevision::Any => (0i16, None),
-            ExpectedRevision::NoStream => (1, None),
-            ExpectedRevision::StreamExists => (2, None),
-            ExpectedRevision::Exact(revision) => (3, Some(to_i64(revision))),
-        };
+        let (kind, revision) = expected_in_sql(request.expected);
         streams.push(request.stream.as_str());
         kinds.push(kind);
         expected_revisions.push(revision);
@@ -422,9 +417,28 @@ fn outcome(row: OutcomeRow, request: &AppendRequest) -> (Result<AppendResult>, O
         3 => Err(Error::DuplicateEventId {
             id: conflict.map(|id| id.to_string()).unwrap_or_default(),
         }),
+        4 => Err(hard_deleted(&request.stream)),
         other => Err(Error::Internal(format!("unknown append outcome {other}"))),
     };
     (result, recorded_at)
+}
+
+/// An expectation as the SQL functions take it: a kind (0 any, 1 no stream, 2 stream exists,
+/// 3 exact) and the revision for the exact kind.
+pub fn expected_in_sql(expected: ExpectedRevision) -> (i16, Option<i64>) {
+    match expected {
+        ExpectedRevision::Any => (0, None),
+        ExpectedRevision::NoStream => (1, None),
+        ExpectedRevision::StreamExists => (2, None),
+        ExpectedRevision::Exact(revision) => (3, Some(to_i64(revision))),
+    }
+}
+
+/// The refusal of any write to a hard-deleted stream.
+pub fn hard_deleted(stream: &str) -> Error {
+    Error::FailedPrecondition(format!(
+        "stream {stream:?} is hard-deleted and cannot be written again"
+    ))
 }
 
 /// Revisions and positions are `bigint` in the database; anything above `i64::MAX` cannot match

@@ -208,6 +208,12 @@ impl Hub {
         while self.head() < target {
             let page = cursor.next_page().await?;
             let Some(last) = page.last().map(|event| event.position) else {
+                // Everything up to a notified head has committed; what is missing below it was
+                // erased by a hard delete since.
+                if target != u64::MAX && self.head() < target {
+                    self.head.store(target, Ordering::Release);
+                    self.head_changes.send_replace(target);
+                }
                 break;
             };
             // Publish then advance: a subscriber that reads the head after subscribing has

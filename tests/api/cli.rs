@@ -380,3 +380,43 @@ async fn rebuild_reports_progress_to_done_and_projections_show_the_new_version()
     let unknown = run(&app, &["projection", "nope"]).await;
     assert_fails_with(&unknown, "error: NOT_FOUND:");
 }
+
+#[tokio::test]
+async fn delete_stream_soft_then_hard_prints_what_it_did() {
+    let app = TestApp::spawn().await;
+    for _ in 0..2 {
+        let appended = run(&app, &["append", "cart-3", "--type", "X", "--data", "{}"]).await;
+        assert!(appended.success, "{}", appended.stderr);
+    }
+    let stale = run(
+        &app,
+        &["delete-stream", "cart-3", "--expected-revision", "0"],
+    )
+    .await;
+    assert_fails_with(&stale, "error: ABORTED: wrong expected revision");
+    let soft = run(
+        &app,
+        &["delete-stream", "cart-3", "--expected-revision", "1"],
+    )
+    .await;
+    assert!(soft.success, "{}", soft.stderr);
+    assert_eq!(
+        soft.stdout.trim(),
+        "deleted cart-3 through revision 1; its next event gets revision 2"
+    );
+    assert_fails_with(&run(&app, &["read", "cart-3"]).await, "error: NOT_FOUND:");
+
+    let hard = run(&app, &["delete-stream", "cart-3", "--hard", "--json"])
+        .await
+        .json();
+    assert_eq!(hard[0]["hard"], true);
+    assert_eq!(hard[0]["deleted_revision"], 1);
+    assert_eq!(hard[0]["erased_events"], 2);
+    let refused = run(&app, &["append", "cart-3", "--type", "X", "--data", "{}"]).await;
+    assert_fails_with(
+        &refused,
+        "error: FAILED_PRECONDITION: stream \"cart-3\" is hard-deleted",
+    );
+    let log = run(&app, &["read-all", "--json"]).await;
+    assert!(log.success && log.stdout.is_empty(), "{}", log.stdout);
+}

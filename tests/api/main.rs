@@ -3,6 +3,7 @@
 mod append;
 mod bench;
 mod cli;
+mod delete;
 mod embedded;
 mod faults;
 mod fuzz;

@@ -105,6 +105,28 @@ async fn codes(channel: Channel, token: Option<&str>) -> Vec<(&'static str, Code
             ),
         ),
         (
+            "DeleteStream",
+            code(
+                store
+                    .delete_stream(pb::DeleteStreamRequest {
+                        stream: "none".into(),
+                        expected: None,
+                    })
+                    .await,
+            ),
+        ),
+        (
+            "HardDeleteStream",
+            code(
+                admin
+                    .hard_delete_stream(pb::HardDeleteStreamRequest {
+                        stream: "none".into(),
+                        expected: None,
+                    })
+                    .await,
+            ),
+        ),
+        (
             "AdminRebuild",
             code(
                 admin
@@ -162,9 +184,8 @@ async fn codes(channel: Channel, token: Option<&str>) -> Vec<(&'static str, Code
 fn permitted(method: &str) -> Code {
     match method {
         "ReadStream" => Code::NotFound,
-        "DeleteSubscription" | "AdminRebuild" | "GetProjection" | "RetryDeadLetters" => {
-            Code::NotFound
-        }
+        "DeleteSubscription" | "DeleteStream" | "HardDeleteStream" | "AdminRebuild"
+        | "GetProjection" | "RetryDeadLetters" => Code::NotFound,
         "RegisterProjection" => Code::InvalidArgument,
         _ => Code::Ok,
     }
@@ -172,7 +193,7 @@ fn permitted(method: &str) -> Code {
 
 fn needs(method: &str) -> usize {
     match method {
-        "Append" | "SaveCheckpoint" | "DeleteSubscription" => 1,
+        "Append" | "SaveCheckpoint" | "DeleteSubscription" | "DeleteStream" => 1,
         "ReadStream" | "ReadAll" | "SubscribeAll" | "SubscribeStream" | "ListSubscriptions" => 0,
         _ => 2,
     }
