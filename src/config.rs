@@ -109,6 +109,12 @@ pub struct ServeConfig {
     #[arg(long, env = "HIGHWATER_KEEPALIVE_TIMEOUT_SECS", default_value_t = 20)]
     pub keepalive_timeout_secs: u64,
 
+    /// Seconds a client connection may stay open with no call in progress before the server
+    /// closes it (open subscriptions are calls in progress). Clients reconnect on their next
+    /// call. 0 never closes idle connections.
+    #[arg(long, env = "HIGHWATER_IDLE_TIMEOUT_SECS", default_value_t = 600)]
+    pub idle_timeout_secs: u64,
+
     /// Address of the Prometheus metrics endpoint (HTTP, `GET /metrics`), such as
     /// 127.0.0.1:9090. Off when not given. It has no authentication: keep it on loopback or a
     /// private network.
@@ -167,6 +173,12 @@ pub struct SecurityConfig {
     /// read, write and rebuild. Logged as a warning at start.
     #[arg(long, env = "HIGHWATER_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
+
+    /// Take bearer tokens (--auth-file) without TLS on a non-loopback address, for when TLS
+    /// ends in front of the server (a proxy or a service mesh). Without it such a server refuses
+    /// to start. Logged as a warning at start.
+    #[arg(long, env = "HIGHWATER_INSECURE_PLAINTEXT")]
+    pub insecure_plaintext: bool,
 
     /// PEM certificate chain for TLS (with --tls-key). Without it the server speaks plaintext.
     #[arg(long, env = "HIGHWATER_TLS_CERT")]

@@ -40,6 +40,18 @@ impl Security {
                 "--insecure-no-auth: no authentication on a non-loopback address; anyone who reaches it can read, write and rebuild"
             );
         }
+        let encrypted = config.tls_cert.is_some();
+        if tokens.is_some() && !encrypted && !listen.ip().is_loopback() {
+            if !config.insecure_plaintext {
+                return Err(Error::Startup(format!(
+                    "refusing to take bearer tokens in plaintext on {listen}: give --tls-cert and                      --tls-key, listen on a loopback address, or pass --insecure-plaintext if TLS                      ends in front of the server (a proxy or a mesh)"
+                )));
+            }
+            warn!(
+                %listen,
+                "--insecure-plaintext: bearer tokens cross the network unencrypted to this address"
+            );
+        }
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => {
                 let identity =

@@ -5,7 +5,7 @@ use std::{future::Future, net::SocketAddr, str::FromStr, time::Duration};
 
 use sqlx::{PgPool, postgres::PgConnectOptions};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::{StreamExt, wrappers::TcpListenerStream};
 use tonic::transport::Server;
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::{error, info, warn};
@@ -15,7 +15,12 @@ use crate::{
     embedded_pg::EmbeddedPostgres,
     error::{Error, Result},
     grpc::{
-        Core, ReadyCore, admin::AdminService, auth::AuthLayer, event_store::EventStoreService,
+        Core, ReadyCore,
+        admin::AdminService,
+        auth::AuthLayer,
+        event_store::EventStoreService,
+        idle::{IdleIo, IdleLayer},
+        message_limit::MessageLimitLayer,
         request_id::RequestIdLayer,
     },
     pb::{
@@ -183,9 +188,11 @@ impl Application {
                 stop.clone(),
             ));
         }
-        // Room for a maximal append plus protobuf framing; larger messages never reach validation.
+        // Room for a maximal append plus protobuf framing; larger messages never reach validation
+        // (MessageLimitLayer refuses them from their frame header).
         let max_message = config.max_append_bytes.saturating_add(1024 * 1024);
-        let admin = AdminServiceServer::new(AdminService::new(ready_core.clone()));
+        let admin = AdminServiceServer::new(AdminService::new(ready_core.clone()))
+            .max_decoding_message_size(max_message);
         let event_store = EventStoreServiceServer::new(EventStoreService::new(ready_core.clone()))
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(
@@ -208,18 +215,24 @@ impl Application {
                 .map_err(|error| Error::Startup(format!("TLS: {error}")))?;
         }
         let authenticated = security.tokens.is_some();
+        let idle_timeout =
+            (config.idle_timeout_secs > 0).then(|| Duration::from_secs(config.idle_timeout_secs));
         let mut server: JoinHandle<Result<(), tonic::transport::Error>> = tokio::spawn(
             builder
-                // Outermost first: refusals are logged and answered with the request id too.
+                // Outermost first: every call counts as activity, refused ones too; refusals are
+                // logged and answered with the request id.
+                .layer(IdleLayer)
                 .layer(RequestIdLayer)
                 .layer(AuthLayer::new(security.tokens))
+                .layer(MessageLimitLayer::new(max_message))
                 .add_service(health_service)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
                 .add_service(event_store)
                 .add_service(admin)
                 .serve_with_incoming_shutdown(
-                    TcpListenerStream::new(listener),
+                    TcpListenerStream::new(listener)
+                        .map(move |accepted| accepted.map(|io| IdleIo::new(io, idle_timeout))),
                     stopped(stop.clone()),
                 ),
         );

@@ -5,6 +5,8 @@ pub mod auth;
 pub mod codec;
 pub mod convert;
 pub mod event_store;
+pub mod idle;
+pub mod message_limit;
 pub mod request_id;
 
 use std::sync::{Arc, OnceLock};

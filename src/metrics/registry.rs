@@ -75,6 +75,8 @@ pub struct Recorded {
     pub group_requests: Histogram,
     /// Times the hub's LISTEN connection was lost and reconnected.
     pub hub_reconnects: AtomicU64,
+    /// Client connections closed after --idle-timeout-secs without a call.
+    pub idle_connections_closed: AtomicU64,
 }
 
 pub static RECORDED: Recorded = Recorded {
@@ -84,6 +86,7 @@ pub static RECORDED: Recorded = Recorded {
     append_seconds: Histogram::new(SECONDS_BOUNDS),
     group_requests: Histogram::new(GROUP_BOUNDS),
     hub_reconnects: AtomicU64::new(0),
+    idle_connections_closed: AtomicU64::new(0),
 };
 
 /// Adds one to a counter.
@@ -126,6 +129,12 @@ impl Recorded {
             "highwater_hub_reconnects_total",
             "Reconnections of the hub's LISTEN connection.",
             self.hub_reconnects.load(Ordering::Relaxed),
+        );
+        counter(
+            out,
+            "highwater_idle_connections_closed_total",
+            "Client connections closed after --idle-timeout-secs without a call.",
+            self.idle_connections_closed.load(Ordering::Relaxed),
         );
     }
 }

@@ -247,3 +247,52 @@ async fn a_server_answers_malformed_frames_and_invalid_requests_with_invalid_arg
     .unwrap();
     assert_eq!(app.read_all().await.len(), 1);
 }
+
+#[tokio::test]
+async fn a_message_over_the_size_limit_is_resource_exhausted_before_it_is_read() {
+    let mut app = TestApp::spawn_with(&["--max-append-bytes", "65536"]).await;
+    let channel = Channel::from_shared(app.server.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    // The transport limit is --max-append-bytes plus 1 MiB of room for framing.
+    let limit = 65536 + (1 << 20);
+    for (method, size) in [
+        ("/highwater.v1.EventStoreService/Append", limit + 1),
+        ("/highwater.v1.EventStoreService/ReadStream", 8 << 20),
+        ("/highwater.v1.AdminService/RegisterProjection", limit + 1),
+    ] {
+        grpc.ready().await.unwrap();
+        let status = grpc
+            .unary(
+                Request::new(vec![0u8; size]),
+                http::uri::PathAndQuery::from_static(method),
+                RawCodec,
+            )
+            .await
+            .expect_err("an oversized message is refused");
+        assert_eq!(
+            status.code(),
+            Code::ResourceExhausted,
+            "{method}: {status:?}"
+        );
+        assert!(status.message().contains("over the limit"), "{status:?}");
+    }
+    // Under the transport limit, an append over --max-append-bytes is refused by validation,
+    // with the field named.
+    let big = pb::ProposedEvent {
+        data: vec![b'1'; 70_000].into(),
+        ..json_event("E", "1")
+    };
+    let status = app
+        .append(append_request("big", None, vec![big]))
+        .await
+        .expect_err("over --max-append-bytes");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    app.append(append_request("after", None, vec![json_event("E", "{}")]))
+        .await
+        .unwrap();
+    assert_eq!(app.read_all().await.len(), 1);
+}

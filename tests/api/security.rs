@@ -331,7 +331,7 @@ fn the_token_command_prints_a_token_and_the_entry_that_accepts_it() {
 }
 
 #[tokio::test]
-async fn without_tokens_only_loopback_is_served_unless_insecure_is_explicit() {
+async fn non_loopback_needs_tokens_and_tokens_need_tls_unless_insecure_is_explicit() {
     let database = TestDatabase::new();
     let mut config = config_for(&database.url, &[]);
     config.listen = "0.0.0.0:0".parse().unwrap();
@@ -365,6 +365,35 @@ async fn without_tokens_only_loopback_is_served_unless_insecure_is_explicit() {
         .err()
         .expect("a bad auth file is refused");
     assert!(refused.to_string().contains("auth file"), "{refused}");
+
+    // Tokens on a non-loopback address need TLS, or an explicit --insecure-plaintext.
+    let auth_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        auth_file.path(),
+        format!(
+            "[[token]]\nname = \"ops\"\nrole = \"admin\"\nsha256 = \"{}\"\n",
+            highwater::auth::hash_token(&highwater::auth::new_token())
+        ),
+    )
+    .unwrap();
+    let mut config = config_for(
+        &database.url,
+        &["--auth-file", auth_file.path().to_str().unwrap()],
+    );
+    config.listen = "0.0.0.0:0".parse().unwrap();
+    let refused = Application::build(config.clone())
+        .await
+        .err()
+        .expect("tokens in plaintext are refused");
+    assert!(
+        refused.to_string().contains("--insecure-plaintext"),
+        "{refused}"
+    );
+    config.security.insecure_plaintext = true;
+    let app = Application::build(config)
+        .await
+        .expect("explicitly plaintext");
+    assert!(!app.local_addr().ip().is_loopback());
 }
 
 /// A CA, a server certificate for localhost and a client certificate, as PEM.
@@ -442,7 +471,14 @@ async fn tls_serves_encrypted_and_client_certificates_are_required_when_configur
     let database = TestDatabase::new();
     let server = RunningServer::start(config_for(
         &database.url,
-        &["--tls-cert", &cert, "--tls-key", &key],
+        &[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--idle-timeout-secs",
+            "1",
+        ],
     ))
     .await;
     let port = server.address.port();
@@ -476,6 +512,31 @@ async fn tls_serves_encrypted_and_client_certificates_are_required_when_configur
         }
     }
     assert_eq!(appended.expect("an append over TLS").last_position, 1);
+    // Calls over TLS count as activity: a subscription keeps its connection past the idle
+    // timeout.
+    let mut subscription = client
+        .subscribe_all(pb::SubscribeAllRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    client
+        .append(append_request("tls-1", None, vec![json_event("E", "{}")]))
+        .await
+        .unwrap();
+    let mut positions = Vec::new();
+    while positions.len() < 2 {
+        let message = tokio::time::timeout(Duration::from_secs(10), subscription.message())
+            .await
+            .expect("a message within 10 s")
+            .expect("the subscription outlives the idle timeout")
+            .expect("not ended");
+        if let Some(pb::subscribe_all_response::Content::Event(event)) = message.content {
+            positions.push(event.position);
+        }
+    }
+    assert_eq!(positions, [1, 2]);
+    drop(subscription);
     // Plaintext to a TLS port fails.
     assert!(server.health().await.is_none(), "plaintext was answered");
     // So does a client that does not trust the server's CA.

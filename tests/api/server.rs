@@ -299,3 +299,81 @@ async fn health_follows_readiness_and_database_reachability() {
     assert_eq!(ok.into_inner().last_revision, 1);
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn connections_idle_past_the_timeout_are_closed_and_open_calls_keep_theirs() {
+    use std::sync::atomic::Ordering;
+    use tokio::io::AsyncReadExt;
+    let closed = || {
+        highwater::metrics::RECORDED
+            .idle_connections_closed
+            .load(Ordering::Relaxed)
+    };
+    let app = TestApp::spawn_with(&["--idle-timeout-secs", "1"]).await;
+
+    // A connection that never makes a call is closed after the timeout.
+    let started = std::time::Instant::now();
+    let mut raw = TcpStream::connect(app.server.address).await.unwrap();
+    let mut buffer = [0u8; 256];
+    loop {
+        let read = tokio::time::timeout(Duration::from_secs(10), raw.read(&mut buffer))
+            .await
+            .expect("the server closes an idle connection within 10 s");
+        if matches!(read, Ok(0) | Err(_)) {
+            break;
+        }
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A subscription is a call in progress: its connection outlives the timeout and carries
+    // other calls after it.
+    let channel = tonic::transport::Channel::from_shared(app.server.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = pb::event_store_service_client::EventStoreServiceClient::new(channel);
+    let mut subscription = client
+        .subscribe_all(pb::SubscribeAllRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let before = closed();
+    let appended = client
+        .append(append_request("idle", None, vec![json_event("E", "{}")]))
+        .await
+        .expect("the connection is still open")
+        .into_inner();
+    let delivered = loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), subscription.message())
+            .await
+            .expect("a message within 10 s")
+            .expect("the subscription is still open")
+            .expect("not ended");
+        if let Some(pb::subscribe_all_response::Content::Event(event)) = message.content {
+            break event.position;
+        }
+    };
+    assert_eq!(delivered, appended.last_position);
+
+    // Once its calls end, that connection is closed too, and the client's next call reconnects.
+    drop(subscription);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while closed() == before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no idle close within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    client
+        .append(append_request("idle", None, vec![json_event("E", "{}")]))
+        .await
+        .expect("a call after the close reconnects");
+}

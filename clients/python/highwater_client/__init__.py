@@ -27,6 +27,7 @@ from .errors import (
 from .models import (
     AppendResult,
     Checkpoint,
+    HardDeleteResult,
     NewEvent,
     Phase,
     ProjectionInfo,
@@ -44,6 +45,7 @@ __all__ = [
     "Checkpoint",
     "Client",
     "FailedPrecondition",
+    "HardDeleteResult",
     "HighwaterError",
     "InvalidArgument",
     "NewEvent",

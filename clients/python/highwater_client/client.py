@@ -18,6 +18,7 @@ from .errors import HighwaterError, Unavailable, from_rpc_error
 from .models import (
     AppendResult,
     Checkpoint,
+    HardDeleteResult,
     NewEvent,
     ProjectionInfo,
     RebuildProgress,
@@ -258,21 +259,41 @@ class Client:
         request = event_store_pb2.AppendRequest(
             stream=stream, events=[e.to_proto() for e in events]
         )
-        if isinstance(expected_revision, bool) or not isinstance(expected_revision, (int, str)):
-            raise TypeError(f"expected_revision must be an int or a string, not {expected_revision!r}")
-        if isinstance(expected_revision, int):
-            if expected_revision < 0:
-                raise ValueError("expected_revision must be >= 0")
-            request.revision = expected_revision
-        elif expected_revision in _EXPECTED_STATES:
-            request.state = _EXPECTED_STATES[expected_revision]
-        else:
-            raise ValueError(
-                f"expected_revision must be an int or one of {sorted(_EXPECTED_STATES)}, "
-                f"not {expected_revision!r}"
-            )
+        _set_expected(request, expected_revision)
         r = self._call(self.event_store.Append, request)
         return AppendResult(r.first_revision, r.last_revision, r.first_position, r.last_position)
+
+    def delete_stream(self, stream: str, expected_revision: ExpectedRevision = "any") -> int:
+        """Soft-deletes a stream; returns the last deleted revision.
+
+        The stream then reads as NotFound and its events are hidden from subscribe_stream, but
+        they stay in the global log (read_all, subscribe_all). An append recreates the stream
+        ("no-stream" is accepted) and its revisions continue after the returned one.
+        `expected_revision` is checked as in append(): a failed check raises
+        WrongExpectedRevision. Raises NotFound if the stream does not exist or is already deleted,
+        and FailedPrecondition if it was hard-deleted. Needs a token with role write.
+        """
+        request = event_store_pb2.DeleteStreamRequest(stream=stream)
+        _set_expected(request, expected_revision)
+        return self._call(self.event_store.DeleteStream, request).deleted_revision
+
+    def hard_delete_stream(
+        self, stream: str, expected_revision: ExpectedRevision = "any"
+    ) -> HardDeleteResult:
+        """Hard-deletes a stream: erases its events from the database, those hidden by an earlier
+        soft delete included, and closes it for good.
+
+        read_all and subscribe_all no longer return the events (their positions become gaps in the
+        log); later appends and deletes of the stream raise FailedPrecondition, reads NotFound.
+        Projections keep what they applied from the events until they are rebuilt.
+        `expected_revision` is checked as in append() (WrongExpectedRevision). Raises NotFound if
+        the stream never existed, FailedPrecondition if it is hard-deleted already. An
+        administration call (AdminService): needs a token with role admin.
+        """
+        request = admin_pb2.HardDeleteStreamRequest(stream=stream)
+        _set_expected(request, expected_revision)
+        r = self._call(self.admin.HardDeleteStream, request)
+        return HardDeleteResult(r.deleted_revision, r.erased_events)
 
     def read_stream(
         self,
@@ -452,6 +473,23 @@ class Client:
         request = admin_pb2.RetryDeadLettersRequest(projection=projection)
         r = self._call(self.admin.RetryDeadLetters, request)
         return RetryResult(r.applied, r.still_failing)
+
+
+def _set_expected(request, expected_revision: ExpectedRevision) -> None:
+    """Sets the `expected` oneof (revision or state) of an append or delete request."""
+    if isinstance(expected_revision, bool) or not isinstance(expected_revision, (int, str)):
+        raise TypeError(f"expected_revision must be an int or a string, not {expected_revision!r}")
+    if isinstance(expected_revision, int):
+        if expected_revision < 0:
+            raise ValueError("expected_revision must be >= 0")
+        request.revision = expected_revision
+    elif expected_revision in _EXPECTED_STATES:
+        request.state = _EXPECTED_STATES[expected_revision]
+    else:
+        raise ValueError(
+            f"expected_revision must be an int or one of {sorted(_EXPECTED_STATES)}, "
+            f"not {expected_revision!r}"
+        )
 
 
 def _direction(backwards: bool) -> int:

@@ -61,7 +61,7 @@ class InvalidArgument(HighwaterError):
 
 
 class NotFound(HighwaterError):
-    """NOT_FOUND: no such stream, subscription or projection."""
+    """NOT_FOUND: no such stream (or it was deleted), subscription or projection."""
 
 
 class AlreadyExists(HighwaterError):
@@ -69,7 +69,8 @@ class AlreadyExists(HighwaterError):
 
 
 class FailedPrecondition(HighwaterError):
-    """FAILED_PRECONDITION: e.g. an inline projection refused an event, or a rebuild runs elsewhere."""
+    """FAILED_PRECONDITION: e.g. an inline projection refused an event, a rebuild runs elsewhere,
+    or the stream was hard-deleted and cannot be written or deleted again."""
 
 
 class Unavailable(HighwaterError):

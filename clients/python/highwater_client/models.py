@@ -85,6 +85,14 @@ class AppendResult:
 
 
 @dataclass(frozen=True)
+class HardDeleteResult:
+    """What a hard delete erased: the stream's last revision and how many events left the log."""
+
+    deleted_revision: int
+    erased_events: int
+
+
+@dataclass(frozen=True)
 class Checkpoint:
     """A subscription's "everything up to `position` was sent or filtered out".
 

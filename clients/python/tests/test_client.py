@@ -7,6 +7,8 @@ import pytest
 
 from highwater_client import (
     AlreadyExists,
+    FailedPrecondition,
+    HardDeleteResult,
     InvalidArgument,
     NewEvent,
     NotFound,
@@ -165,3 +167,86 @@ def test_checkpoints_of_durable_subscriptions(client):
     assert [s.name for s in client.list_subscriptions()] == ["audit"]
     with pytest.raises(NotFound):
         client.delete_subscription("billing")
+
+
+def test_delete_stream_hides_it_until_an_append_recreates_it(client):
+    client.append("cart-1", [added("a"), added("b"), added("c")], expected_revision="no-stream")
+    client.append("cart-2", added("z"))
+
+    assert client.delete_stream("cart-1", expected_revision=2) == 2
+    with pytest.raises(NotFound):
+        list(client.read_stream("cart-1"))
+    with pytest.raises(NotFound):
+        client.delete_stream("cart-1")  # deleted already
+    with pytest.raises(NotFound):
+        client.delete_stream("nobody-wrote-here")
+    # The events stay in the global log.
+    assert [(e.stream, e.revision) for e in client.read_all()] == [
+        ("cart-1", 0), ("cart-1", 1), ("cart-1", 2), ("cart-2", 0)
+    ]
+
+    # An append recreates the stream; its revisions continue after the deleted ones.
+    result = client.append("cart-1", added("d"), expected_revision="no-stream")
+    assert (result.first_revision, result.last_revision) == (3, 3)
+    assert result.first_position == 5
+    read = list(client.read_stream("cart-1"))
+    assert [(e.revision, e.json()["sku"]) for e in read] == [(3, "d")]
+
+    # Deleted again, with the other expectations.
+    assert client.delete_stream("cart-1", expected_revision="exists") == 3
+    client.append("cart-1", added("e"))
+    assert client.delete_stream("cart-1") == 4  # default: any
+
+
+def test_delete_stream_with_a_wrong_expectation_raises_and_deletes_nothing(client):
+    client.append("cart-7", [added("a"), added("b")])
+
+    with pytest.raises(WrongExpectedRevision) as raised:
+        client.delete_stream("cart-7", expected_revision=0)
+    error = raised.value
+    assert error.code == grpc.StatusCode.ABORTED
+    assert error.reason == "WRONG_EXPECTED_REVISION"
+    assert (error.stream, error.expected, error.actual) == ("cart-7", "0", "1")
+    with pytest.raises(WrongExpectedRevision):
+        client.delete_stream("cart-7", expected_revision="no-stream")
+    with pytest.raises(WrongExpectedRevision):
+        client.hard_delete_stream("cart-7", expected_revision=5)
+    assert [e.revision for e in client.read_stream("cart-7")] == [0, 1]  # nothing was deleted
+
+    with pytest.raises(ValueError):
+        client.delete_stream("cart-7", expected_revision="sometimes")
+    with pytest.raises(ValueError):
+        client.hard_delete_stream("cart-7", expected_revision=-1)
+    with pytest.raises(TypeError):
+        client.delete_stream("cart-7", expected_revision=True)
+
+
+def test_hard_delete_stream_erases_it_for_good(client):
+    client.append("cart-1", [added("a"), added("b")])
+    client.append("cart-2", added("z"))
+    assert client.delete_stream("cart-1") == 1  # a soft delete first: hidden events are erased too
+    client.append("cart-1", added("c"))
+
+    result = client.hard_delete_stream("cart-1", expected_revision=2)
+    assert result == HardDeleteResult(deleted_revision=2, erased_events=3)
+    # Gone from the global log too; the other stream's event keeps its position.
+    assert [(e.stream, e.position) for e in client.read_all()] == [("cart-2", 3)]
+    with pytest.raises(NotFound):
+        list(client.read_stream("cart-1"))
+
+    # Closed for good: appends and deletes fail.
+    with pytest.raises(FailedPrecondition) as raised:
+        client.append("cart-1", added("d"), expected_revision="no-stream")
+    assert raised.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "hard-deleted" in raised.value.message
+    with pytest.raises(FailedPrecondition):
+        client.append("cart-1", added("d"))
+    with pytest.raises(FailedPrecondition):
+        client.delete_stream("cart-1")
+    with pytest.raises(FailedPrecondition):
+        client.hard_delete_stream("cart-1")
+    with pytest.raises(NotFound):
+        client.hard_delete_stream("nobody-wrote-here")
+
+    # Later appends elsewhere carry on from the head.
+    assert client.append("cart-3", added("y")).first_position == 5

@@ -10,6 +10,7 @@ from certs import CertificateAuthority
 from conftest import run_server
 from highwater_client import (
     Client,
+    FailedPrecondition,
     HighwaterError,
     NewEvent,
     PermissionDenied,
@@ -128,6 +129,32 @@ def test_admin_token_lists_and_rebuilds_projections(auth_server):
         assert list(admin.rebuild("cart_summary", in_place=True))[-1].phase == Phase.DONE
         response = admin.admin.ListProjections(admin_pb2.ListProjectionsRequest(), timeout=10)
         assert "cart_summary" in [p.name for p in response.projections]
+
+
+def test_deletes_need_write_and_hard_deletes_need_admin(auth_server):
+    with connect(auth_server, "write") as writer:
+        writer.append("cart-1", events(2), expected_revision="no-stream")
+        writer.append("cart-2", events(1), expected_revision="no-stream")
+    with connect(auth_server, "read") as reader:
+        with pytest.raises(PermissionDenied) as raised:
+            reader.delete_stream("cart-1")
+        assert "needs write" in raised.value.message
+        with pytest.raises(PermissionDenied):
+            reader.hard_delete_stream("cart-1")
+    with connect(auth_server, "write") as writer:
+        assert writer.delete_stream("cart-1", expected_revision=1) == 1
+        with pytest.raises(PermissionDenied) as raised:
+            writer.hard_delete_stream("cart-2")
+        error = raised.value
+        assert error.code == grpc.StatusCode.PERMISSION_DENIED
+        assert '"writer"' in error.message and "needs admin" in error.message
+    with connect(auth_server, "admin") as admin:
+        # The soft delete erased nothing from the log.
+        assert [e.stream for e in admin.read_all()] == ["cart-1", "cart-1", "cart-2"]
+        result = admin.hard_delete_stream("cart-2", expected_revision=0)
+        assert (result.deleted_revision, result.erased_events) == (0, 1)
+        with pytest.raises(FailedPrecondition):
+            admin.append("cart-2", events(1))
 
 
 def test_subscriptions_with_a_token_survive_a_restart(auth_server):

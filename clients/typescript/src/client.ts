@@ -17,6 +17,7 @@ import {
 } from "@grpc/grpc-js";
 import {
   AdminServiceClient,
+  type HardDeleteStreamResponse,
   OnError,
   type ProjectionDefinition,
   type ProjectionInfo,
@@ -28,6 +29,7 @@ import {
 } from "./gen/highwater/v1/admin";
 import {
   type AppendResponse,
+  type DeleteStreamResponse,
   Direction,
   EventStoreServiceClient,
   ExpectedState,
@@ -42,7 +44,7 @@ import { decodeHealthCheckResponse, encodeHealthCheckRequest, HEALTH_CHECK_PATH,
 import { Subscription, type SubscriptionOptions } from "./subscription";
 import { toUint64, U64_MAX, type Uint64Input } from "./uint64";
 
-/** The expected state of a stream before an append. */
+/** The expected state of a stream before an append or a delete. */
 export type ExpectedRevision =
   /** No check (the default). */
   | "any"
@@ -78,6 +80,15 @@ export interface AppendOptions {
   /** Optimistic concurrency check; `"any"` (no check) by default. */
   expectedRevision?: ExpectedRevision;
 }
+
+/** Options of `deleteStream` and `hardDeleteStream`. */
+export interface DeleteStreamOptions {
+  /** Optimistic concurrency check, as for an append; `"any"` (no check) by default. */
+  expectedRevision?: ExpectedRevision;
+}
+
+/** What a hard delete erased: `deletedRevision`, the stream's last revision, and `erasedEvents`. */
+export type HardDeleteResult = HardDeleteStreamResponse;
 
 export interface ReadStreamOptions {
   /**
@@ -271,6 +282,24 @@ export class Client {
     return unary<AppendResponse>((cb) => this.eventStore.append(request, new Metadata(), this.unaryOptions(), cb));
   }
 
+  /**
+   * Soft-deletes a stream and returns its last deleted revision. The stream then reads as
+   * NOT_FOUND and `subscribeStream` skips its events, but they stay in the global log (`readAll`,
+   * `subscribeAll`). An append recreates the stream (`"no-stream"` is accepted) and its revisions
+   * continue after the returned one. Needs a token with role write.
+   *
+   * Throws WrongExpectedRevisionError when `expectedRevision` does not hold, a HighwaterError with
+   * code NOT_FOUND if the stream does not exist or is deleted already, and FAILED_PRECONDITION if
+   * it was hard-deleted.
+   */
+  async deleteStream(stream: string, options: DeleteStreamOptions = {}): Promise<bigint> {
+    const request = { stream, expected: toExpected(options.expectedRevision) };
+    const response = await unary<DeleteStreamResponse>((cb) =>
+      this.eventStore.deleteStream(request, new Metadata(), this.unaryOptions(), cb)
+    );
+    return response.deletedRevision;
+  }
+
   /** Reads one stream by revision. NOT_FOUND (as HighwaterError) if it does not exist. */
   readStream(stream: string, options: ReadStreamOptions = {}): ReadResult {
     const backwards = options.backwards ?? false;
@@ -440,6 +469,24 @@ export class Client {
       this.adminService.listSystemMessages(request, new Metadata(), this.unaryOptions(), cb)
     );
     return response.messages;
+  }
+
+  /**
+   * Hard-deletes a stream: erases its events from the database (those hidden by an earlier soft
+   * delete included) and closes the stream for good. `readAll` and `subscribeAll` no longer return
+   * the events (their positions become gaps in the log); later appends and deletes of the stream
+   * fail with FAILED_PRECONDITION, reads with NOT_FOUND. Projections keep what they applied from
+   * the events until they are rebuilt. Needs a token with role admin.
+   *
+   * Throws WrongExpectedRevisionError when `expectedRevision` does not hold, a HighwaterError with
+   * code NOT_FOUND if the stream never existed, and FAILED_PRECONDITION if it is hard-deleted
+   * already.
+   */
+  async hardDeleteStream(stream: string, options: DeleteStreamOptions = {}): Promise<HardDeleteResult> {
+    const request = { stream, expected: toExpected(options.expectedRevision) };
+    return unary<HardDeleteStreamResponse>((cb) =>
+      this.adminService.hardDeleteStream(request, new Metadata(), this.unaryOptions(), cb)
+    );
   }
 
   /** Applies a projection's dead letters again; those that succeed are archived. */

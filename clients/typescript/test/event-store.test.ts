@@ -246,6 +246,98 @@ describe("event store", { timeout: 120_000 }, () => {
       err instanceof HighwaterError && err.code === Status.INVALID_ARGUMENT);
   });
 
+  const notFound = (err: unknown) => err instanceof HighwaterError && err.code === Status.NOT_FOUND;
+  const failedPrecondition = (err: unknown) => err instanceof HighwaterError && err.code === Status.FAILED_PRECONDITION;
+
+  test("deleteStream hides a stream until an append recreates it after the deleted revisions", async () => {
+    const stream = "deleted-1";
+    const appended = await client.append(stream, [
+      { type: "A", data: {} },
+      { type: "B", data: {} },
+      { type: "C", data: {} },
+    ], { expectedRevision: "no-stream" });
+
+    assert.equal(await client.deleteStream(stream, { expectedRevision: 2n }), 2n);
+    await assert.rejects(client.readStream(stream).toArray(), notFound);
+    await assert.rejects(client.deleteStream(stream), notFound, "deleted already");
+    await assert.rejects(client.deleteStream("deleted-never-written"), notFound);
+    // The events stay in the global log.
+    const logged = await client.readAll({ afterPosition: appended.firstPosition - 1n }).toArray();
+    assert.deepEqual(logged.map((e) => [e.stream, e.revision]), [[stream, 0n], [stream, 1n], [stream, 2n]]);
+
+    // An append recreates the stream; its revisions continue after the deleted ones.
+    const recreated = await client.append(stream, [{ type: "D", data: {} }], { expectedRevision: "no-stream" });
+    assert.equal(recreated.firstRevision, 3n);
+    assert.equal(recreated.firstPosition, appended.lastPosition + 1n);
+    const read = await client.readStream(stream).toArray();
+    assert.deepEqual(read.map((e) => [e.revision, e.type]), [[3n, "D"]]);
+
+    // The other expectations, and revisions as numbers or strings.
+    assert.equal(await client.deleteStream(stream, { expectedRevision: "exists" }), 3n);
+    await client.append(stream, [{ type: "E", data: {} }]);
+    assert.equal(await client.deleteStream(stream, { expectedRevision: "4" }), 4n);
+    await client.append(stream, [{ type: "F", data: {} }]);
+    assert.equal(await client.deleteStream(stream), 5n);
+  });
+
+  test("a delete with a wrong expected revision is a WrongExpectedRevisionError and deletes nothing", async () => {
+    const stream = "deleted-conflict";
+    await client.append(stream, [{ type: "A", data: {} }, { type: "B", data: {} }]);
+
+    await assert.rejects(client.deleteStream(stream, { expectedRevision: 0 }), (err: unknown) => {
+      assert.ok(err instanceof WrongExpectedRevisionError, `got ${String(err)}`);
+      assert.equal(err.code, Status.ABORTED);
+      assert.equal(err.reason, "WRONG_EXPECTED_REVISION");
+      assert.equal(err.stream, stream);
+      assert.equal(err.expected, "0");
+      assert.equal(err.actual, "1");
+      return true;
+    });
+    await assert.rejects(client.deleteStream(stream, { expectedRevision: "no-stream" }), WrongExpectedRevisionError);
+    await assert.rejects(client.hardDeleteStream(stream, { expectedRevision: 5n }), WrongExpectedRevisionError);
+    assert.deepEqual(revisionsOf(await client.readStream(stream).toArray()), [0n, 1n], "nothing was deleted");
+
+    // uint64 arguments are checked before anything is sent
+    await assert.rejects(client.deleteStream(stream, { expectedRevision: -1 }), RangeError);
+    await assert.rejects(client.hardDeleteStream(stream, { expectedRevision: "two" }), TypeError);
+  });
+
+  test("hardDeleteStream erases a stream from the log and closes it with FAILED_PRECONDITION", async () => {
+    const stream = "erased-1";
+    const first = await client.append(stream, [{ type: "A", data: {} }, { type: "B", data: {} }]);
+    const other = await client.append("erased-neighbour", [{ type: "Z", data: {} }]);
+    // A soft delete first: the events it hid are erased too.
+    assert.equal(await client.deleteStream(stream), 1n);
+    const recreated = await client.append(stream, [{ type: "C", data: {} }]);
+
+    const result = await client.hardDeleteStream(stream, { expectedRevision: 2n });
+    assert.deepEqual(result, { deletedRevision: 2n, erasedEvents: 3n });
+    // Gone from the global log; the neighbour keeps its position.
+    const logged = await client.readAll({ afterPosition: first.firstPosition - 1n }).toArray();
+    assert.deepEqual(logged.map((e) => [e.stream, e.position]), [["erased-neighbour", other.firstPosition]]);
+    await assert.rejects(client.readStream(stream).toArray(), notFound);
+
+    // Closed for good.
+    await assert.rejects(
+      client.append(stream, [{ type: "D", data: {} }], { expectedRevision: "no-stream" }),
+      (err: unknown) => {
+        assert.ok(err instanceof HighwaterError, `got ${String(err)}`);
+        assert.equal(err.code, Status.FAILED_PRECONDITION);
+        assert.equal(err.codeName, "FAILED_PRECONDITION");
+        assert.match(err.details, /hard-deleted/);
+        return true;
+      },
+    );
+    await assert.rejects(client.append(stream, [{ type: "D", data: {} }]), failedPrecondition);
+    await assert.rejects(client.deleteStream(stream), failedPrecondition);
+    await assert.rejects(client.hardDeleteStream(stream), failedPrecondition);
+    await assert.rejects(client.hardDeleteStream("erased-never-written"), notFound);
+
+    // Later appends carry on from the head, past the gap.
+    const later = await client.append("erased-after", [{ type: "Y", data: {} }]);
+    assert.equal(later.firstPosition, recreated.lastPosition + 1n);
+  });
+
   test("subscribeStream follows one stream, from a revision, before it exists", async () => {
     const stream = `followed-${randomUUID()}`;
     const seen: RecordedEvent[] = [];

@@ -143,6 +143,37 @@ describe("tokens and roles", { timeout: 180_000 }, () => {
     assert.equal(phases.at(-1), Phase.PHASE_DONE);
   });
 
+  test("deletes need a write token, hard deletes an admin token", async () => {
+    const writer = connect("write");
+    // delete-2, to be erased, is not last: later tests take the last event's position as the head.
+    await writer.append("delete-2", events(1), { expectedRevision: "no-stream" });
+    await writer.append("delete-1", events(2), { expectedRevision: "no-stream" });
+
+    const reader = connect("read");
+    const denied = await failsWith(
+      () => reader.deleteStream("delete-1"),
+      PermissionDeniedError,
+      Status.PERMISSION_DENIED,
+    );
+    assert.match(denied.details, /needs write/);
+    await failsWith(() => reader.hardDeleteStream("delete-1"), PermissionDeniedError, Status.PERMISSION_DENIED);
+
+    assert.equal(await writer.deleteStream("delete-1", { expectedRevision: 1 }), 1n);
+    const err = await failsWith(
+      () => writer.hardDeleteStream("delete-2"),
+      PermissionDeniedError,
+      Status.PERMISSION_DENIED,
+    );
+    assert.match(err.details, /"writer".*needs admin/);
+    assert.ok(err.requestId);
+    assert.equal((await reader.readStream("delete-2").toArray()).length, 1, "nothing was erased");
+
+    const admin = connect("admin");
+    const erased = await admin.hardDeleteStream("delete-2", { expectedRevision: 0 });
+    assert.deepEqual(erased, { deletedRevision: 0n, erasedEvents: 1n });
+    await failsWith(() => writer.append("delete-2", events(1)), HighwaterError, Status.FAILED_PRECONDITION);
+  });
+
   test("subscriptions send the token, also when they reconnect after a restart", async () => {
     const writer = connect("write");
     const reader = connect("read");
