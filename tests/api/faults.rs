@@ -1,5 +1,6 @@
 //! Fault proofs: a server killed with SIGKILL while 32 clients append loses nothing it
-//! acknowledged, writes no half request, and leaves positions dense.
+//! acknowledged, writes no half request, and leaves positions dense; a second server on the same
+//! database goes on serving appends and subscriptions when the first is killed.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -134,4 +135,114 @@ async fn a_server_killed_under_load_loses_nothing_acknowledged_and_writes_no_hal
     let written: BTreeSet<&str> = log.iter().step_by(2).map(|e| e.id.as_str()).collect();
     assert!(written.len() >= acknowledged.len());
     assert!(written.len() - acknowledged.len() <= 32);
+}
+
+type Subscription = tonic::Streaming<pb::SubscribeAllResponse>;
+
+async fn subscribe_after(
+    client: &mut EventStoreServiceClient<Channel>,
+    start: pb::subscribe_all_request::Start,
+) -> Subscription {
+    client
+        .subscribe_all(pb::SubscribeAllRequest {
+            start: Some(start),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Positions of the events received until the subscription reports it is caught up at `until`
+/// or has delivered it.
+async fn positions_through(subscription: &mut Subscription, until: u64) -> Vec<u64> {
+    use pb::subscribe_all_response::Content;
+    let mut positions = Vec::new();
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(20), subscription.message())
+            .await
+            .expect("a message within 20 s")
+            .expect("the subscription stays open")
+            .expect("not ended");
+        match message.content {
+            Some(Content::Event(event)) => {
+                positions.push(event.position);
+                if event.position >= until {
+                    return positions;
+                }
+            }
+            Some(Content::CaughtUp(caught_up)) if caught_up.position >= until => {
+                return positions;
+            }
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_one_of_two_servers_is_killed_the_other_serves_appends_and_subscriptions() {
+    let database = TestDatabase::new();
+    let (port_a, port_b) = (free_port(), free_port());
+    let mut a = spawn_server(&database.url, port_a);
+    let mut b = spawn_server(&database.url, port_b);
+    let mut client_a = connect_when_ready(port_a).await;
+    let mut client_b = connect_when_ready(port_b).await;
+    for i in 0..50 {
+        let client = if i % 2 == 0 {
+            &mut client_a
+        } else {
+            &mut client_b
+        };
+        client
+            .append(append_request(
+                "two-servers",
+                None,
+                vec![json_event("E", "{}")],
+            ))
+            .await
+            .unwrap();
+    }
+    use pb::subscribe_all_request::Start;
+    // A subscriber on each server, caught up with the 50 events.
+    let mut on_a = subscribe_after(&mut client_a, Start::AfterPosition(0)).await;
+    let mut on_b = subscribe_after(&mut client_b, Start::AfterPosition(0)).await;
+    let first_fifty: Vec<u64> = (1..=50).collect();
+    assert_eq!(positions_through(&mut on_a, 50).await, first_fifty);
+    assert_eq!(positions_through(&mut on_b, 50).await, first_fifty);
+
+    a.start_kill().unwrap();
+    a.wait().await.unwrap();
+    // Past what the killed server sent before it died, its subscription ends.
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(message)) = on_a.message().await {
+            assert!(
+                !matches!(
+                    message.content,
+                    Some(pb::subscribe_all_response::Content::Event(_))
+                ),
+                "an event after the kill: {message:?}"
+            );
+        }
+    })
+    .await
+    .expect("the killed server's subscription ends");
+
+    // The survivor appends, and its subscriber receives, in order.
+    for _ in 0..20 {
+        client_b
+            .append(append_request(
+                "two-servers",
+                None,
+                vec![json_event("E", "{}")],
+            ))
+            .await
+            .expect("the other server keeps appending");
+    }
+    let next_twenty: Vec<u64> = (51..=70).collect();
+    assert_eq!(positions_through(&mut on_b, 70).await, next_twenty);
+    // The killed server's subscriber resumes on the survivor after its last position.
+    let mut resumed = subscribe_after(&mut client_b, Start::AfterPosition(50)).await;
+    assert_eq!(positions_through(&mut resumed, 70).await, next_twenty);
+    b.start_kill().unwrap();
+    b.wait().await.unwrap();
 }
