@@ -169,6 +169,16 @@ pub struct SecurityConfig {
     #[arg(long, env = "HIGHWATER_AUTH_FILE")]
     pub auth_file: Option<PathBuf>,
 
+    /// The accepted tokens inline, in the auth file's TOML format: for secrets handed over in
+    /// the environment (HIGHWATER_AUTH_TOKENS) rather than as a file. Not with --auth-file.
+    #[arg(
+        long,
+        env = "HIGHWATER_AUTH_TOKENS",
+        conflicts_with = "auth_file",
+        hide_env_values = true
+    )]
+    pub auth_tokens: Option<String>,
+
     /// Listen on a non-loopback address without --auth-file: anyone who reaches the port can
     /// read, write and rebuild. Logged as a warning at start.
     #[arg(long, env = "HIGHWATER_INSECURE_NO_AUTH")]

@@ -21,16 +21,17 @@ pub struct Security {
 
 impl Security {
     pub fn load(config: &SecurityConfig, listen: SocketAddr) -> Result<Self> {
-        let tokens = config
-            .auth_file
-            .as_deref()
-            .map(Tokens::load)
-            .transpose()?
-            .map(Arc::new);
+        let tokens = match (&config.auth_file, &config.auth_tokens) {
+            (Some(path), _) => Some(Tokens::load(path)?),
+            (None, Some(text)) => Some(Tokens::from_text(text)?),
+            (None, None) => None,
+        }
+        .map(Arc::new);
         if tokens.is_none() && !listen.ip().is_loopback() {
             if !config.insecure_no_auth {
                 return Err(Error::Startup(format!(
-                    "refusing to listen on {listen} without authentication: give --auth-file, \
+                    "refusing to listen on {listen} without authentication: give --auth-file \
+                     (or --auth-tokens), \
                      listen on a loopback address, or pass --insecure-no-auth to let anyone who \
                      reaches it read, write and rebuild"
                 )));

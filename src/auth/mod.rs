@@ -91,6 +91,11 @@ impl Tokens {
             .map_err(|message| Error::Startup(format!("auth file {}: {message}", path.display())))
     }
 
+    /// Reads tokens given inline, in the auth file's format (from --auth-tokens).
+    pub fn from_text(text: &str) -> Result<Self> {
+        Self::parse(text).map_err(|message| Error::Startup(format!("--auth-tokens: {message}")))
+    }
+
     fn parse(text: &str) -> std::result::Result<Self, String> {
         let file: AuthFile = toml::from_str(text).map_err(|error| error.to_string())?;
         if file.token.is_empty() {

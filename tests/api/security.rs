@@ -593,3 +593,46 @@ async fn tls_serves_encrypted_and_client_certificates_are_required_when_configur
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "SERVING");
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn tokens_given_inline_with_auth_tokens_are_enforced() {
+    let tokens = format!(
+        "[[token]]\nname = \"env-writer\"\nrole = \"write\"\nsha256 = \"{}\"\n",
+        hash_token("env-secret")
+    );
+    let app = TestApp::spawn_with(&["--auth-tokens", &tokens]).await;
+    let channel = Channel::from_shared(app.server.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let client = |token: Option<&str>| {
+        let bearer = Bearer(token.map(|t| format!("Bearer {t}").parse().unwrap()));
+        EventStoreServiceClient::new(InterceptedService::new(channel.clone(), bearer))
+    };
+    let append = || append_request("env-1", None, vec![json_event("E", "{}")]);
+    assert_eq!(
+        code(client(None).append(append()).await),
+        Code::Unauthenticated
+    );
+    assert_eq!(
+        code(client(Some("env-secret")).append(append()).await),
+        Code::Ok
+    );
+
+    // Not both sources at once, and not an empty list.
+    let database = TestDatabase::new();
+    let both = <highwater::config::Cli as clap::Parser>::try_parse_from([
+        "highwater",
+        "--auth-tokens",
+        &tokens,
+        "--auth-file",
+        "/dev/null",
+    ]);
+    assert!(both.is_err(), "--auth-tokens with --auth-file was accepted");
+    let empty = Application::build(config_for(&database.url, &["--auth-tokens", "# none"]))
+        .await
+        .err()
+        .expect("an empty token list is refused");
+    assert!(empty.to_string().contains("--auth-tokens"), "{empty}");
+}

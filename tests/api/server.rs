@@ -377,3 +377,108 @@ async fn connections_idle_past_the_timeout_are_closed_and_open_calls_keep_theirs
         .await
         .expect("a call after the close reconnects");
 }
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_carrying_the_request_id() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let database = TestDatabase::new();
+    let port = free_port();
+    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_highwater"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--database-url", &database.url])
+        .args(["--log-format", "json", "--log-level", "info"])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(server.stderr.take().unwrap()).lines();
+    // Every line is a JSON object; returns the first whose message is `message`.
+    let mut next_with = async |message: &str| -> serde_json::Value {
+        loop {
+            let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+                .await
+                .expect("a log line within 30 s")
+                .unwrap()
+                .expect("the server is still logging");
+            let object: serde_json::Value = serde_json::from_str(&line)
+                .unwrap_or_else(|error| panic!("not JSON ({error}): {line}"));
+            assert!(object["level"].is_string(), "{line}");
+            if object["message"] == message {
+                return object;
+            }
+        }
+    };
+    let ready = next_with("ready").await;
+    assert_eq!(ready["level"], "INFO");
+
+    let mut client = pb::event_store_service_client::EventStoreServiceClient::connect(format!(
+        "http://127.0.0.1:{port}"
+    ))
+    .await
+    .unwrap();
+    client
+        .append(append_request("logged", None, vec![json_event("E", "{}")]))
+        .await
+        .unwrap();
+    let mut delete = tonic::Request::new(pb::DeleteStreamRequest {
+        stream: "logged".into(),
+        expected: None,
+    });
+    delete
+        .metadata_mut()
+        .insert("x-request-id", "req-json-7".parse().unwrap());
+    client.delete_stream(delete).await.unwrap();
+
+    let deleted = next_with("stream deleted").await;
+    assert_eq!(deleted["stream"], "logged");
+    let spans = deleted["spans"].as_array().expect("the spans of the line");
+    let rpc = spans
+        .iter()
+        .find(|span| span["name"] == "rpc")
+        .unwrap_or_else(|| panic!("no rpc span: {deleted}"));
+    assert_eq!(rpc["request_id"], "req-json-7");
+    assert_eq!(
+        rpc["method"],
+        "/highwater.v1.EventStoreService/DeleteStream"
+    );
+    server.start_kill().unwrap();
+    let _ = server.wait().await;
+}
+
+#[tokio::test]
+async fn calls_over_the_streams_per_connection_limit_wait_for_a_free_stream() {
+    let app = TestApp::spawn_with(&["--max-streams-per-connection", "2"]).await;
+    let channel = tonic::transport::Channel::from_shared(app.server.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = pb::event_store_service_client::EventStoreServiceClient::new(channel);
+    let from_end = || pb::SubscribeAllRequest {
+        start: Some(pb::subscribe_all_request::Start::End(())),
+        ..Default::default()
+    };
+    let first = client.subscribe_all(from_end()).await.unwrap();
+    let _second = client.subscribe_all(from_end()).await.unwrap();
+    // The connection has no free stream: a third call waits for one.
+    let mut waiting = client.clone();
+    let third = tokio::spawn(async move {
+        waiting
+            .append(append_request("streams", None, vec![json_event("E", "{}")]))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !third.is_finished(),
+        "a third call ran beside two open ones"
+    );
+    drop(first);
+    let appended = tokio::time::timeout(Duration::from_secs(10), third)
+        .await
+        .expect("the third call runs once a stream is free")
+        .unwrap()
+        .unwrap();
+    assert_eq!(appended.into_inner().last_position, 1);
+}
