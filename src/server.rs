@@ -17,11 +17,12 @@ use crate::{
     grpc::{
         Core, ReadyCore,
         admin::AdminService,
-        auth::AuthLayer,
+        auth::Authenticate,
         event_store::EventStoreService,
-        idle::{IdleIo, IdleLayer},
-        message_limit::MessageLimitLayer,
-        request_id::RequestIdLayer,
+        idle::{IdleIo, IdleTracking},
+        message_limit::MessageLimit,
+        middleware::AroundLayer,
+        request_id::RequestId,
     },
     pb::{
         self, admin_service_server::AdminServiceServer,
@@ -189,7 +190,7 @@ impl Application {
             ));
         }
         // Room for a maximal append plus protobuf framing; larger messages never reach validation
-        // (MessageLimitLayer refuses them from their frame header).
+        // (MessageLimit refuses them from their frame header).
         let max_message = config.max_append_bytes.saturating_add(1024 * 1024);
         let admin = AdminServiceServer::new(AdminService::new(ready_core.clone()))
             .max_decoding_message_size(max_message);
@@ -221,10 +222,10 @@ impl Application {
             builder
                 // Outermost first: every call counts as activity, refused ones too; refusals are
                 // logged and answered with the request id.
-                .layer(IdleLayer)
-                .layer(RequestIdLayer)
-                .layer(AuthLayer::new(security.tokens))
-                .layer(MessageLimitLayer::new(max_message))
+                .layer(AroundLayer(IdleTracking))
+                .layer(AroundLayer(RequestId))
+                .layer(AroundLayer(Authenticate::new(security.tokens)))
+                .layer(AroundLayer(MessageLimit::new(max_message)))
                 .add_service(health_service)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)

@@ -27,7 +27,9 @@ use tonic::{
     body::Body,
     transport::server::{Connected, TcpConnectInfo},
 };
-use tower::{Layer, Service};
+use tower::Service;
+
+use super::middleware::{Around, BoxFuture};
 
 use crate::metrics;
 
@@ -201,47 +203,24 @@ impl AsyncWrite for IdleIo {
 
 /// Marks every call on its connection's [`Activity`] until its response body ends.
 #[derive(Clone, Default)]
-pub struct IdleLayer;
+pub struct IdleTracking;
 
-impl<S> Layer<S> for IdleLayer {
-    type Service = IdleService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        IdleService { inner }
-    }
-}
-
-#[derive(Clone)]
-pub struct IdleService<S> {
-    inner: S,
-}
-
-type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
-
-impl<S> Service<Request<Body>> for IdleService<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
+impl Around for IdleTracking {
+    fn around<S>(&self, mut inner: S, request: Request<Body>) -> BoxFuture<Response<Body>, S::Error>
+    where
+        S: Service<Request<Body>, Response = Response<Body>> + Send + 'static,
+        S::Future: Send + 'static,
+    {
         // tonic puts the connection's info in every request, over TLS too.
         let activity = request
             .extensions()
             .get::<IdleConnectInfo>()
             .map(|info| info.activity.clone());
         let Some(activity) = activity else {
-            return Box::pin(self.inner.call(request));
+            return Box::pin(inner.call(request));
         };
         let call = activity.begin();
-        let response = self.inner.call(request);
+        let response = inner.call(request);
         Box::pin(async move {
             let response = response.await?;
             // The call lasts as long as its response body: the guard lives in the body.

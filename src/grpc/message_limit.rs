@@ -7,14 +7,14 @@
 //! a single request message, which its client sends at once, so waiting for the header delays
 //! nothing. Health and reflection are passed through untouched.
 
-use std::task::{Context, Poll};
-
 use bytes::{Buf, BytesMut};
 use http::{Request, Response};
 use http_body_util::{BodyExt, BodyStream, StreamBody};
 use tokio_stream::StreamExt;
 use tonic::{Status, body::Body};
-use tower::{Layer, Service};
+use tower::Service;
+
+use super::middleware::{Around, BoxFuture};
 
 /// gRPC frames start with a compression flag byte and a 4-byte big-endian length.
 const FRAME_HEADER: usize = 5;
@@ -23,52 +23,22 @@ const CHECKED_PREFIX: &str = "/highwater.v1.";
 
 /// Refuses Highwater requests whose message is longer than `max_bytes`.
 #[derive(Clone)]
-pub struct MessageLimitLayer {
+pub struct MessageLimit {
     max_bytes: usize,
 }
 
-impl MessageLimitLayer {
+impl MessageLimit {
     pub fn new(max_bytes: usize) -> Self {
         Self { max_bytes }
     }
 }
 
-impl<S> Layer<S> for MessageLimitLayer {
-    type Service = MessageLimitService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        MessageLimitService {
-            inner,
-            max_bytes: self.max_bytes,
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct MessageLimitService<S> {
-    inner: S,
-    max_bytes: usize,
-}
-
-type BoxFuture<T, E> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
-
-impl<S> Service<Request<Body>> for MessageLimitService<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        // The clone that was driven to readiness serves this call.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+impl Around for MessageLimit {
+    fn around<S>(&self, mut inner: S, request: Request<Body>) -> BoxFuture<Response<Body>, S::Error>
+    where
+        S: Service<Request<Body>, Response = Response<Body>> + Send + 'static,
+        S::Future: Send + 'static,
+    {
         if !request.uri().path().starts_with(CHECKED_PREFIX) {
             return Box::pin(inner.call(request));
         }

@@ -7,6 +7,7 @@ pub mod convert;
 pub mod event_store;
 pub mod idle;
 pub mod message_limit;
+pub mod middleware;
 pub mod request_id;
 
 use std::sync::{Arc, OnceLock};

@@ -2,51 +2,29 @@
 //! UUID. Every log line of the call carries it, and the response returns it, so a client's report
 //! can be matched with the server's logs.
 
-use std::task::{Context, Poll};
-
 use http::{HeaderValue, Request, Response};
 use tonic::body::Body;
-use tower::{Layer, Service};
+use tower::Service;
 use tracing::Instrument;
 use uuid::Uuid;
+
+use super::middleware::{Around, BoxFuture};
 
 /// The header carrying the id, both ways.
 pub const HEADER: &str = "x-request-id";
 /// Longest caller-given id kept; longer ones are replaced.
 const MAX_LENGTH: usize = 128;
 
+/// Gives each call its id and its `rpc` span.
 #[derive(Clone, Default)]
-pub struct RequestIdLayer;
+pub struct RequestId;
 
-impl<S> Layer<S> for RequestIdLayer {
-    type Service = RequestIdService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RequestIdService { inner }
-    }
-}
-
-#[derive(Clone)]
-pub struct RequestIdService<S> {
-    inner: S,
-}
-
-type BoxFuture<T, E> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
-
-impl<S> Service<Request<Body>> for RequestIdService<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
+impl Around for RequestId {
+    fn around<S>(&self, mut inner: S, request: Request<Body>) -> BoxFuture<Response<Body>, S::Error>
+    where
+        S: Service<Request<Body>, Response = Response<Body>> + Send + 'static,
+        S::Future: Send + 'static,
+    {
         let id = request
             .headers()
             .get(HEADER)
@@ -56,7 +34,7 @@ where
         let span = tracing::info_span!("rpc", request_id = %id, method = %request.uri().path());
         let future = {
             let _entered = span.enter();
-            self.inner.call(request)
+            inner.call(request)
         };
         Box::pin(
             async move {

@@ -8,10 +8,6 @@ use tonic::{Code, transport::Channel};
 
 use crate::helpers::*;
 
-fn revisions(events: &[pb::RecordedEvent]) -> Vec<u64> {
-    events.iter().map(|e| e.revision).collect()
-}
-
 async fn soft_delete(
     app: &mut TestApp,
     stream: &str,
@@ -55,12 +51,9 @@ async fn first_subscribed_revision(app: &mut TestApp, stream: &str) -> u64 {
         .unwrap()
         .into_inner();
     loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), subscription.message())
-            .await
-            .expect("an event within 10 s")
-            .unwrap()
-            .expect("the subscription stays open");
-        if let Some(pb::subscribe_stream_response::Content::Event(event)) = message.content {
+        if let Some(pb::subscribe_stream_response::Content::Event(event)) =
+            next_message(&mut subscription).await.content
+        {
             return event.revision;
         }
     }
@@ -271,11 +264,8 @@ async fn positions_until(
 ) -> Vec<u64> {
     let mut positions = Vec::new();
     loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), subscription.message())
+        let message = next_message(subscription)
             .await
-            .expect("a message within 10 s")
-            .unwrap()
-            .expect("the subscription stays open")
             .content
             .expect("a message has content");
         if let Message::Event(event) = &message {

@@ -159,12 +159,7 @@ async fn positions_through(subscription: &mut Subscription, until: u64) -> Vec<u
     use pb::subscribe_all_response::Content;
     let mut positions = Vec::new();
     loop {
-        let message = tokio::time::timeout(Duration::from_secs(20), subscription.message())
-            .await
-            .expect("a message within 20 s")
-            .expect("the subscription stays open")
-            .expect("not ended");
-        match message.content {
+        match next_message(subscription).await.content {
             Some(Content::Event(event)) => {
                 positions.push(event.position);
                 if event.position >= until {

@@ -402,3 +402,30 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// The revisions of events, in the order given.
+pub fn revisions(events: &[pb::RecordedEvent]) -> Vec<u64> {
+    events.iter().map(|e| e.revision).collect()
+}
+
+/// The next message of a subscription; fails the test after 10 s or if the subscription ends.
+pub async fn next_message<T>(subscription: &mut tonic::Streaming<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), subscription.message())
+        .await
+        .expect("a message within 10 s")
+        .expect("the subscription stays open")
+        .expect("the subscription has not ended")
+}
+
+/// The next event of a SubscribeAll, past its other messages.
+pub async fn next_event(
+    subscription: &mut tonic::Streaming<pb::SubscribeAllResponse>,
+) -> pb::RecordedEvent {
+    loop {
+        if let Some(pb::subscribe_all_response::Content::Event(event)) =
+            next_message(subscription).await.content
+        {
+            return event;
+        }
+    }
+}

@@ -3,10 +3,6 @@ use tonic::Code;
 
 use crate::helpers::*;
 
-fn revisions(events: &[pb::RecordedEvent]) -> Vec<u64> {
-    events.iter().map(|e| e.revision).collect()
-}
-
 fn positions(events: &[pb::RecordedEvent]) -> Vec<u64> {
     events.iter().map(|e| e.position).collect()
 }

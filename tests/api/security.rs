@@ -524,18 +524,8 @@ async fn tls_serves_encrypted_and_client_certificates_are_required_when_configur
         .append(append_request("tls-1", None, vec![json_event("E", "{}")]))
         .await
         .unwrap();
-    let mut positions = Vec::new();
-    while positions.len() < 2 {
-        let message = tokio::time::timeout(Duration::from_secs(10), subscription.message())
-            .await
-            .expect("a message within 10 s")
-            .expect("the subscription outlives the idle timeout")
-            .expect("not ended");
-        if let Some(pb::subscribe_all_response::Content::Event(event)) = message.content {
-            positions.push(event.position);
-        }
-    }
-    assert_eq!(positions, [1, 2]);
+    assert_eq!(next_event(&mut subscription).await.position, 1);
+    assert_eq!(next_event(&mut subscription).await.position, 2);
     drop(subscription);
     // Plaintext to a TLS port fails.
     assert!(server.health().await.is_none(), "plaintext was answered");

@@ -349,17 +349,10 @@ async fn connections_idle_past_the_timeout_are_closed_and_open_calls_keep_theirs
         .await
         .expect("the connection is still open")
         .into_inner();
-    let delivered = loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), subscription.message())
-            .await
-            .expect("a message within 10 s")
-            .expect("the subscription is still open")
-            .expect("not ended");
-        if let Some(pb::subscribe_all_response::Content::Event(event)) = message.content {
-            break event.position;
-        }
-    };
-    assert_eq!(delivered, appended.last_position);
+    assert_eq!(
+        next_event(&mut subscription).await.position,
+        appended.last_position
+    );
 
     // Once its calls end, that connection is closed too, and the client's next call reconnects.
     drop(subscription);
