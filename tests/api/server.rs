@@ -331,12 +331,11 @@ async fn connections_idle_past_the_timeout_are_closed_and_open_calls_keep_theirs
 
     // A subscription is a call in progress: its connection outlives the timeout and carries
     // other calls after it.
-    let channel = tonic::transport::Channel::from_shared(app.server.endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = pb::event_store_service_client::EventStoreServiceClient::new(channel);
+    // A client on a connection of its own.
+    let mut client =
+        pb::event_store_service_client::EventStoreServiceClient::connect(app.server.endpoint())
+            .await
+            .unwrap();
     let mut subscription = client
         .subscribe_all(pb::SubscribeAllRequest::default())
         .await
@@ -443,12 +442,11 @@ async fn json_logs_are_one_object_per_line_carrying_the_request_id() {
 #[tokio::test]
 async fn calls_over_the_streams_per_connection_limit_wait_for_a_free_stream() {
     let app = TestApp::spawn_with(&["--max-streams-per-connection", "2"]).await;
-    let channel = tonic::transport::Channel::from_shared(app.server.endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = pb::event_store_service_client::EventStoreServiceClient::new(channel);
+    // A client on a connection of its own.
+    let mut client =
+        pb::event_store_service_client::EventStoreServiceClient::connect(app.server.endpoint())
+            .await
+            .unwrap();
     let from_end = || pb::SubscribeAllRequest {
         start: Some(pb::subscribe_all_request::Start::End(())),
         ..Default::default()
