@@ -31,9 +31,8 @@ impl Security {
             if !config.insecure_no_auth {
                 return Err(Error::Startup(format!(
                     "refusing to listen on {listen} without authentication: give --auth-file \
-                     (or --auth-tokens), \
-                     listen on a loopback address, or pass --insecure-no-auth to let anyone who \
-                     reaches it read, write and rebuild"
+                     (or --auth-tokens), listen on a loopback address, or pass --insecure-no-auth \
+                     to let anyone who reaches it read, write and rebuild"
                 )));
             }
             warn!(
@@ -45,7 +44,9 @@ impl Security {
         if tokens.is_some() && !encrypted && !listen.ip().is_loopback() {
             if !config.insecure_plaintext {
                 return Err(Error::Startup(format!(
-                    "refusing to take bearer tokens in plaintext on {listen}: give --tls-cert and                      --tls-key, listen on a loopback address, or pass --insecure-plaintext if TLS                      ends in front of the server (a proxy or a mesh)"
+                    "refusing to take bearer tokens in plaintext on {listen}: give --tls-cert and \
+                     --tls-key, listen on a loopback address, or pass --insecure-plaintext if \
+                     TLS ends in front of the server (a proxy or a mesh)"
                 )));
             }
             warn!(
