@@ -1,10 +1,10 @@
 //! The benchmark runs end to end (tiny sizes: this checks that it works, not how fast).
 
-use crate::helpers::admin_url;
+use crate::helpers::{admin_url, highwater_blocking};
 
 #[test]
 fn the_benchmark_runs_every_workload_and_prints_its_report() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_highwater"))
+    let output = highwater_blocking()
         .args([
             "bench",
             "--database-url",

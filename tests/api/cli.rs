@@ -29,11 +29,10 @@ impl Run {
 }
 
 fn command(server: &str, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_highwater"));
+    let mut command = highwater();
     command
         .args(args)
         .args(["--server", server])
-        .env_remove("HIGHWATER_SERVER")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

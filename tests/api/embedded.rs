@@ -13,8 +13,9 @@ use tonic_health::pb::{
 
 use crate::helpers::*;
 
-fn highwater() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_highwater"));
+/// The binary as a user's shell starts it: no DATABASE_URL, no RUST_LOG.
+fn as_user() -> Command {
+    let mut command = highwater_blocking();
     command
         .env_remove("DATABASE_URL")
         .env_remove("RUST_LOG")
@@ -23,7 +24,7 @@ fn highwater() -> Command {
 }
 
 fn serve(data_dir: &Path, port: u16) -> Child {
-    highwater()
+    as_user()
         .args([
             "serve",
             "--listen",
@@ -129,7 +130,7 @@ async fn without_a_database_url_it_runs_a_private_postgres_kept_across_restarts(
 #[test]
 fn without_postgres_binaries_it_says_how_to_get_them() {
     let empty = tempfile::tempdir().unwrap();
-    let output = highwater()
+    let output = as_user()
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(empty.path().join("data"))
         .arg("--postgres-bin-dir")
@@ -148,7 +149,7 @@ fn without_postgres_binaries_it_says_how_to_get_them() {
 #[test]
 fn migrate_applies_the_schema_and_exits() {
     let database = TestDatabase::new();
-    let output = highwater()
+    let output = as_user()
         .args(["migrate", "--database-url", &database.url])
         .output()
         .unwrap();

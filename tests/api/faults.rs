@@ -10,14 +10,14 @@ use std::{
 };
 
 use highwater::pb::{self, event_store_service_client::EventStoreServiceClient};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tonic::transport::Channel;
 
 use crate::helpers::*;
 
 /// The server binary as its own process, on `database_url`, at `port`.
 fn spawn_server(database_url: &str, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_highwater"))
+    highwater()
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--database-url", database_url, "--log-level", "warn"])
         .stdout(Stdio::null())

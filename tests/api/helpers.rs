@@ -155,7 +155,13 @@ pub fn config_for(database_url: &str, extra: &[&str]) -> ServeConfig {
         "8",
     ];
     args.extend_from_slice(extra);
-    <Cli as clap::Parser>::try_parse_from(args)
+    // Only the flags given here count: HIGHWATER_* variables of the shell running the tests
+    // (such as HIGHWATER_AUTH_FILE) must not change the servers under test.
+    let command = <Cli as clap::CommandFactory>::command().mut_args(|arg| arg.env(None));
+    let matches = command
+        .try_get_matches_from(args)
+        .expect("valid test flags");
+    <Cli as clap::FromArgMatches>::from_arg_matches(&matches)
         .expect("valid test flags")
         .serve
 }
@@ -428,4 +434,20 @@ pub async fn next_event(
             return event;
         }
     }
+}
+
+/// The highwater binary, without the HIGHWATER_* variables of the shell running the tests.
+pub fn highwater_blocking() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_highwater"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("HIGHWATER_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+/// [`highwater_blocking`] for async tests.
+pub fn highwater() -> tokio::process::Command {
+    highwater_blocking().into()
 }

@@ -611,7 +611,7 @@ async fn an_async_projection_catches_up_dead_letters_a_poison_event_and_retries_
 
 /// A server process of the built binary on the test database.
 fn server_process(database_url: &str, port: u16, node: &str) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_highwater"))
+    highwater_blocking()
         .args([
             "serve",
             "--listen",

@@ -289,10 +289,9 @@ async fn every_rpc_answers_each_identity_with_exactly_the_expected_code() {
 
     // The command-line client sends --token; a refusal prints the code.
     let cli = async |args: &[&str]| {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_highwater"))
+        highwater()
             .args(args)
             .args(["--server", &app.server.endpoint()])
-            .env_remove("HIGHWATER_TOKEN")
             .output()
             .await
             .unwrap()
@@ -313,7 +312,7 @@ async fn every_rpc_answers_each_identity_with_exactly_the_expected_code() {
 
 #[test]
 fn the_token_command_prints_a_token_and_the_entry_that_accepts_it() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_highwater"))
+    let output = highwater_blocking()
         .args(["token", "--role", "write", "--name", "billing"])
         .output()
         .unwrap();
@@ -562,7 +561,7 @@ async fn tls_serves_encrypted_and_client_certificates_are_required_when_configur
     );
 
     // The command-line client speaks TLS too.
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_highwater"))
+    let output = highwater()
         .args([
             "health",
             "--server",

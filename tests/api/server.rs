@@ -375,7 +375,7 @@ async fn json_logs_are_one_object_per_line_carrying_the_request_id() {
     use tokio::io::{AsyncBufReadExt, BufReader};
     let database = TestDatabase::new();
     let port = free_port();
-    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_highwater"))
+    let mut server = highwater()
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--database-url", &database.url])
         .args(["--log-format", "json", "--log-level", "info"])

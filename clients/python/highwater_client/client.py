@@ -342,7 +342,11 @@ class Client:
         return (RecordedEvent.from_proto(m.event) for m in self._stream(call))
 
     def head_position(self) -> int:
-        """The log's last position (0 for an empty store)."""
+        """The position of the log's newest event (0 for an empty store).
+
+        Below the last position ever given when the newest events were hard-deleted; reading or
+        subscribing after it still misses nothing.
+        """
         last = next(iter(self.read_all(backwards=True, limit=1)), None)
         return last.position if last else 0
 

@@ -201,18 +201,17 @@ describe("event store", { timeout: 120_000 }, () => {
   });
 
   test("readAll reads the global log in position order", async () => {
-    const before = await client.readAll({ backwards: true, limit: 1 }).toArray();
-    const head = before[0]?.position ?? 0n;
     const appended = await client.append("readall-1", [
       { type: "A", data: {} },
       { type: "B", data: {} },
       { type: "C", data: {} },
     ]);
-    assert.equal(appended.firstPosition, head + 1n);
+    const head = appended.firstPosition - 1n;
 
-    const everything = await client.readAll().toArray();
-    assert.deepEqual(positionsOf(everything), everything.map((_, i) => BigInt(i + 1)));
-    assert.equal(everything.at(-1)?.position, appended.lastPosition);
+    // Increasing, not necessarily dense: other tests on this server may hard-delete streams.
+    const positions = positionsOf(await client.readAll().toArray());
+    assert.ok(positions.every((p, i) => i === 0 || p > positions[i - 1]!), `${positions}`);
+    assert.equal(positions.at(-1), appended.lastPosition);
 
     const tail = await client.readAll({ afterPosition: head }).toArray();
     assert.deepEqual(tail.map((e) => e.type), ["A", "B", "C"]);
