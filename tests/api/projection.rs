@@ -793,3 +793,33 @@ Seen = "INSERT INTO {{table}} VALUES (1)"
     assert_eq!(log.len(), 1);
     assert_eq!(log[0].r#type, "Seen");
 }
+
+#[tokio::test]
+async fn a_hard_deleted_stream_stays_in_a_read_model_until_it_is_rebuilt() {
+    let mut app = TestApp::spawn_with(&["--projections", EXAMPLES]).await;
+    let mut admin = admin(app.server.endpoint()).await;
+    wait_active(&mut admin, "cart_summary", 1, Duration::from_secs(10)).await;
+    append_carts(&mut app.client, 0, 0, 40).await;
+    let before = read_model(&app.database, "projections.cart_summary").await;
+    assert!(before.contains_key("cart-0-3"), "{before:?}");
+
+    admin
+        .hard_delete_stream(pb::HardDeleteStreamRequest {
+            stream: "cart-0-3".into(),
+            expected: None,
+        })
+        .await
+        .unwrap();
+    let log = app.read_all().await;
+    assert!(log.iter().all(|e| e.stream != "cart-0-3"));
+    // What the projection applied stays...
+    assert_eq!(
+        read_model(&app.database, "projections.cart_summary").await,
+        before
+    );
+    // ...until a rebuild folds the log as it is now.
+    rebuild(&mut admin, "cart_summary", RebuildStrategy::BlueGreen).await;
+    let rebuilt = read_model(&app.database, "projections.cart_summary").await;
+    assert!(!rebuilt.contains_key("cart-0-3"), "{rebuilt:?}");
+    assert_eq!(rebuilt, fold(&log));
+}
