@@ -12,7 +12,10 @@ use tokio_stream::{Stream, StreamExt};
 use super::{ReadyCore, convert};
 use crate::{
     pb::{self, event_store_service_server::EventStoreService as EventStoreApi},
-    store::{deletion::Deletion, reader::ReadCursor},
+    store::{
+        deletion::Deletion,
+        reader::{Prefetch, ReadCursor},
+    },
     subscribe::SubscriptionMessage,
 };
 
@@ -205,11 +208,12 @@ fn subscription_stream<T: Send + 'static>(
 
 /// Streams a cursor's pages to the client; stops as soon as the client goes away.
 fn stream_pages<T: Send + 'static>(
-    mut cursor: ReadCursor,
+    cursor: ReadCursor,
     respond: fn(pb::RecordedEvent) -> T,
 ) -> ReadStream<T> {
     let (sender, receiver) = mpsc::channel(READ_BUFFER);
     tokio::spawn(async move {
+        let mut cursor = Prefetch::new(cursor);
         loop {
             let page = match cursor.next_page().await {
                 Ok(page) if page.is_empty() => return,

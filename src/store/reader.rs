@@ -8,6 +8,7 @@ use std::{
 
 use bytes::Bytes;
 use sqlx::{AssertSqlSafe, PgPool, Row, postgres::PgRow};
+use tokio::{sync::mpsc, task::JoinHandle};
 
 use super::{
     model::{Direction, RecordedEvent},
@@ -149,6 +150,43 @@ impl ReadCursor {
             self.next_key = None;
         }
         Ok(page)
+    }
+}
+
+/// A cursor that reads its next page while the caller is busy with the current one, so that
+/// PostgreSQL and the caller work at the same time instead of in turns. At most three pages are
+/// in memory: the caller's, one waiting for it, and one being read.
+pub struct Prefetch {
+    /// Pages in order; an empty page or an error is the last.
+    pages: mpsc::Receiver<Result<Vec<RecordedEvent>>>,
+    reader: JoinHandle<()>,
+}
+
+impl Prefetch {
+    pub fn new(mut cursor: ReadCursor) -> Self {
+        let (sender, pages) = mpsc::channel(1);
+        let reader = tokio::spawn(async move {
+            loop {
+                let page = cursor.next_page().await;
+                let last = page.as_ref().map_or(true, Vec::is_empty);
+                if sender.send(page).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        Self { pages, reader }
+    }
+
+    /// The next page; empty when the read is complete. Cancel-safe.
+    pub async fn next_page(&mut self) -> Result<Vec<RecordedEvent>> {
+        self.pages.recv().await.unwrap_or_else(|| Ok(Vec::new()))
+    }
+}
+
+impl Drop for Prefetch {
+    /// A caller that stops early (a client went away) stops the read ahead too.
+    fn drop(&mut self) {
+        self.reader.abort();
     }
 }
 

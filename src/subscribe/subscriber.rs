@@ -21,7 +21,7 @@ use crate::{
     shutdown::stopped,
     store::{
         model::{Direction, RecordedEvent},
-        reader::ReadCursor,
+        reader::{Prefetch, ReadCursor},
     },
 };
 
@@ -176,7 +176,7 @@ impl Follower {
 
     /// Reads history until the database has nothing more.
     async fn catch_up(&mut self) -> Result<(), Gone> {
-        let mut cursor = match &self.target {
+        let cursor = match &self.target {
             Target::All { .. } => {
                 ReadCursor::all(self.pool.clone(), self.position, Direction::Forwards, 0)
             }
@@ -188,6 +188,7 @@ impl Follower {
                 0,
             ),
         };
+        let mut cursor = Prefetch::new(cursor);
         loop {
             let page = tokio::select! {
                 _ = self.outbox.closed() => return Err(Gone),
