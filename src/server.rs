@@ -343,6 +343,9 @@ async fn start_core(
         return Err(error);
     }
     tokio::spawn(projections.clone().supervise(stop.clone()));
+    tokio::spawn(crate::store::deletion::finish_interrupted_erases(
+        pool.clone(),
+    ));
     Ok((
         Core {
             store,

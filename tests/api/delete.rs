@@ -341,3 +341,94 @@ async fn deletes_racing_appends_leave_a_stream_that_reads_from_its_last_delete()
         "soft deletes keep every event in $all"
     );
 }
+
+#[tokio::test]
+async fn a_hard_delete_erases_a_long_stream_in_batches_outside_the_append_lock() {
+    let mut app = TestApp::spawn().await;
+    let mut admin = AdminServiceClient::connect(app.server.endpoint())
+        .await
+        .unwrap();
+    for batch in 0..20 {
+        let events = (0..500)
+            .map(|i| json_event("E", &(batch * 500 + i).to_string()))
+            .collect();
+        app.append(append_request("long", None, events))
+            .await
+            .unwrap();
+    }
+    // While the erase runs, look for a moment when part of the stream is erased and the lock
+    // every append takes (log_head's row) is free: the erase does not hold it.
+    let mut connection = app.database.connect().await;
+    let deleting = tokio::spawn(async move { hard_delete(&mut admin, "long").await });
+    let mut seen_free_mid_erase = false;
+    while !deleting.is_finished() && !seen_free_mid_erase {
+        let mut transaction = sqlx::Connection::begin(&mut connection).await.unwrap();
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE stream = 'long'")
+            .fetch_one(&mut *transaction)
+            .await
+            .unwrap();
+        let free = sqlx::query("SELECT FROM log_head FOR UPDATE NOWAIT")
+            .execute(&mut *transaction)
+            .await
+            .is_ok();
+        transaction.rollback().await.unwrap();
+        seen_free_mid_erase = free && left > 0 && left < 10_000;
+    }
+    let erased = deleting.await.unwrap().unwrap();
+    assert_eq!(
+        (erased.deleted_revision, erased.erased_events),
+        (9999, 10_000)
+    );
+    assert!(
+        seen_free_mid_erase,
+        "appends were locked out for the whole erase"
+    );
+    app.append(append_request("beside", None, vec![json_event("E", "{}")]))
+        .await
+        .unwrap();
+    let all = app.read_all().await;
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].position, 10_001);
+}
+
+#[tokio::test]
+async fn an_erase_left_halfway_by_a_stopped_server_is_finished_at_the_next_start() {
+    let mut app = TestApp::spawn().await;
+    for stream in ["half", "half", "half", "kept"] {
+        app.append(append_request(stream, None, vec![json_event("E", "{}")]))
+            .await
+            .unwrap();
+    }
+    // What a server stopped between the tombstone and the end of the erase leaves behind.
+    let mut connection = app.database.connect().await;
+    sqlx::query(
+        "UPDATE streams SET tombstoned = true, deleted_through = revision WHERE stream = 'half'",
+    )
+    .execute(&mut connection)
+    .await
+    .unwrap();
+    sqlx::query("DELETE FROM events WHERE stream = 'half' AND revision = 0")
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    drop(connection);
+
+    let mut app = app.restart().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let streams: Vec<String> = app.read_all().await.into_iter().map(|e| e.stream).collect();
+        if streams == ["kept"] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the erase was not finished: {streams:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = app
+        .append(append_request("half", None, vec![json_event("E", "{}")]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+}
