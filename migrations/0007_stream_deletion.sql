@@ -2,8 +2,8 @@
 --
 -- Soft delete records the stream's last revision in deleted_through: reads of the stream start
 -- after it, so the stream reads as not found until it is appended to again (its revisions
--- continue). Its events stay in the log and in $all. Hard delete erases the stream's events and
--- marks it tombstoned: it can never be written again.
+-- continue). Its events stay in the log and in $all. Hard delete marks the stream tombstoned (it
+-- can never be written again) and the server erases its events.
 ALTER TABLE streams
     ADD COLUMN deleted_through bigint,
     ADD COLUMN tombstoned boolean NOT NULL DEFAULT false;
@@ -211,12 +211,20 @@ END;
 $fn$;
 
 
+CREATE INDEX streams_tombstoned ON streams (stream) WHERE tombstoned;
+
 -- Deletes a stream, serialised with every append through the log_head lock, so an expectation
 -- is checked against exactly the state the delete replaces. Expected kinds as for appends.
 --
--- Outcomes: 0 deleted (r_revision: the stream's last revision, r_erased: events erased by a hard
--- delete), 2 wrong expected revision (r_revision: the visible revision, NULL if none), 4 the
--- stream is hard-deleted already, 5 no such stream (or, for a soft delete, already deleted).
+-- A hard delete only tombstones the stream here: the server then erases its events in short
+-- transactions of their own, so appends never wait for a long stream's erase, and a server
+-- starting on the database finishes an erase a stopped one left halfway (found through
+-- streams_tombstoned).
+--
+-- Outcomes: 0 deleted (r_revision: the stream's last revision; r_erased is 0: the server
+-- erases afterwards), 2 wrong expected revision (r_revision: the visible revision, NULL if
+-- none), 4 the stream is hard-deleted already, 5 no such stream (or, for a soft delete, already
+-- deleted).
 CREATE FUNCTION highwater_delete_stream(
     target            text,
     expected_kind     smallint,
@@ -249,10 +257,6 @@ BEGIN
     ELSIF current_rev IS NULL OR (visible_rev IS NULL AND NOT hard) THEN
         r_outcome := 5;
     ELSE
-        IF hard THEN
-            DELETE FROM events e WHERE e.stream = target;
-            GET DIAGNOSTICS r_erased = ROW_COUNT;
-        END IF;
         UPDATE streams s
            SET deleted_through = s.revision, tombstoned = hard, updated_at = now()
          WHERE s.stream = target;
