@@ -84,6 +84,13 @@ pub struct ServeConfig {
     #[arg(long, env = "HIGHWATER_PROJECTION_SUPERVISE_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(10..))]
     pub projection_supervise_ms: u64,
 
+    /// Milliseconds one call of a projection's SQL may run, lock waits included: a setup, the
+    /// inline handlers of one append (which hold the log's lock, so this bounds how long a slow
+    /// handler can hold up other appends), one batch of a rebuild or an async worker. A call over
+    /// it fails its append (or, with on_error = "skip", dead-letters its events) or its batch.
+    #[arg(long, env = "HIGHWATER_PROJECTION_SQL_TIMEOUT_MS", default_value_t = crate::projection::DEFAULT_SQL_TIMEOUT.as_millis() as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub projection_sql_timeout_ms: u64,
+
     /// Milliseconds to pause between rebuild batches, leaving room for other work (0: none).
     #[arg(long, env = "HIGHWATER_REBUILD_BATCH_PAUSE_MS", default_value_t = 0)]
     pub rebuild_batch_pause_ms: u64,
@@ -137,6 +144,7 @@ impl ServeConfig {
             supervise_interval: std::time::Duration::from_millis(self.projection_supervise_ms),
             batch_pause: (self.rebuild_batch_pause_ms > 0)
                 .then(|| std::time::Duration::from_millis(self.rebuild_batch_pause_ms)),
+            sql_timeout: std::time::Duration::from_millis(self.projection_sql_timeout_ms),
         }
     }
 

@@ -20,8 +20,12 @@ use tracing::{info, warn};
 
 use crate::error::{Error, Result};
 
-/// The role and database the server uses in its private cluster.
+/// The role and database the server uses in its private cluster: not a superuser (it may
+/// create databases and roles, the latter for the projection sandbox).
 const ROLE: &str = "highwater";
+/// The cluster's superuser, used only to create `ROLE`. Clusters initialised before this role
+/// existed have `ROLE` itself as their superuser (a warning says so at start).
+const BOOTSTRAP_ROLE: &str = "highwater_admin";
 const DATABASE: &str = "highwater";
 /// Names the socket file (`.s.PGSQL.5432`); no TCP port is opened.
 const SOCKET_PORT: u16 = 5432;
@@ -90,7 +94,7 @@ impl EmbeddedPostgres {
                 .arg(&cluster_dir)
                 .args([
                     "--username",
-                    ROLE,
+                    BOOTSTRAP_ROLE,
                     "--auth",
                     "trust",
                     "--encoding",
@@ -152,6 +156,7 @@ impl EmbeddedPostgres {
             data_dir,
         };
         embedded.wait_until_ready(&log_file).await?;
+        embedded.ensure_server_role().await?;
         info!(
             data_dir = %embedded.data_dir.display(),
             socket_dir = %embedded.socket_dir.display(),
@@ -175,9 +180,44 @@ impl EmbeddedPostgres {
         &self.socket_dir
     }
 
+    fn bootstrap_options(&self) -> PgConnectOptions {
+        self.connect_options()
+            .username(BOOTSTRAP_ROLE)
+            .database("postgres")
+    }
+
+    /// Creates the server's role (no superuser) on first start.
+    async fn ensure_server_role(&self) -> Result<()> {
+        let Ok(mut admin) = self.bootstrap_options().connect().await else {
+            warn!(
+                data_dir = %self.data_dir.display(),
+                "this private cluster predates the server's non-superuser role, so the server runs \
+                 as its superuser; start with a new --data-dir to get the safer layout"
+            );
+            return Ok(());
+        };
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = $1)")
+                .bind(ROLE)
+                .fetch_one(&mut admin)
+                .await?;
+        if !exists {
+            // ROLE is a constant identifier.
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "CREATE ROLE {ROLE} LOGIN CREATEDB CREATEROLE"
+            )))
+            .execute(&mut admin)
+            .await?;
+            info!(role = ROLE, "created the server's database role");
+        }
+        let _ = admin.close().await;
+        Ok(())
+    }
+
     async fn wait_until_ready(&mut self, log_file: &Path) -> Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
-        let options = self.connect_options().database("postgres");
+        let options = self.bootstrap_options();
+        let older = self.connect_options().database("postgres");
         loop {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
@@ -190,6 +230,10 @@ impl EmbeddedPostgres {
                 )));
             }
             if let Ok(connection) = options.connect().await {
+                let _ = connection.close().await;
+                return Ok(());
+            }
+            if let Ok(connection) = older.connect().await {
                 let _ = connection.close().await;
                 return Ok(());
             }

@@ -321,7 +321,12 @@ async fn start_core(
     config: &ServeConfig,
     stop: &watch::Receiver<bool>,
 ) -> Result<(Core, JoinHandle<()>)> {
-    let (store, writer) = Store::start(pool.clone(), config.limits());
+    let projection_settings = config.projection_settings();
+    let (store, writer) = Store::start(
+        pool.clone(),
+        config.limits(),
+        projection_settings.sql_timeout,
+    );
     let subscriptions = Subscriptions::new(
         pool.clone(),
         hub.clone(),
@@ -332,9 +337,14 @@ async fn start_core(
         pool.clone(),
         options.clone(),
         config.node(),
-        config.projection_settings(),
+        projection_settings,
         hub,
     ));
+    if let Err(error) = projections.secure_existing().await {
+        store.stop().await;
+        let _ = writer.await;
+        return Err(error);
+    }
     if let Some(dir) = &config.projections
         && let Err(error) = projections.register_dir(dir).await
     {
@@ -369,6 +379,7 @@ async fn prepare(
         let attempt = async {
             let pool = database::connect(options, config.database.pool_size).await?;
             database::migrate(&pool).await?;
+            database::warn_if_superuser(&pool).await?;
             let (hub, hub_task) = Hub::start(
                 pool.clone(),
                 options,

@@ -1,14 +1,15 @@
 //! The inline catalog: the active inline projection versions every append must apply, and the
 //! catalog version they were read at (checked by the append function under the log_head lock).
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeSet, time::Duration};
 
 use sqlx::{PgConnection, PgPool};
 
 use super::{
-    apply::{self, Failures},
-    definition::{Definition, Handler, OnError},
+    apply,
+    definition::{Definition, OnError},
     keys,
+    sandbox::{self, ApplyCall},
 };
 use crate::{
     error::{Error, Result},
@@ -23,7 +24,10 @@ pub struct InlineProjection {
     /// False while an in-place rebuild owns the version: appends record skips instead.
     pub active: bool,
     pub on_error: OnError,
-    pub handlers: BTreeMap<String, Handler>,
+    /// The event types the version has handlers for.
+    pub event_types: BTreeSet<String>,
+    /// Its apply function, which runs the handlers in the projection's sandbox.
+    pub apply_function: String,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -31,10 +35,12 @@ pub struct Catalog {
     /// `log_head.catalog_version` when this catalog was read.
     pub version: i64,
     pub inline: Vec<InlineProjection>,
+    /// The longest the handlers of one append may run (they run under the log_head lock).
+    pub sql_timeout: Duration,
 }
 
 impl Catalog {
-    pub async fn load(pool: &PgPool) -> Result<Self> {
+    pub async fn load(pool: &PgPool, sql_timeout: Duration) -> Result<Self> {
         let version: i64 = sqlx::query_scalar("SELECT catalog_version FROM log_head")
             .fetch_one(pool)
             .await?;
@@ -53,14 +59,19 @@ impl Catalog {
                 Error::Internal(format!("stored definition of {name}: {error}"))
             })?;
             inline.push(InlineProjection {
-                handlers: definition.handlers_for(version)?,
+                event_types: definition.handlers.keys().cloned().collect(),
+                apply_function: definition.apply_function(version),
                 on_error: definition.on_error,
                 active: status == "active",
                 name,
                 version,
             });
         }
-        Ok(Self { version, inline })
+        Ok(Self {
+            version,
+            inline,
+            sql_timeout,
+        })
     }
 
     pub fn has_inline(&self) -> bool {
@@ -79,7 +90,7 @@ pub async fn apply_inline(
     for projection in &catalog.inline {
         let matching: Vec<&RecordedEvent> = events
             .iter()
-            .filter(|e| projection.handlers.contains_key(&e.event_type))
+            .filter(|e| projection.event_types.contains(&e.event_type))
             .collect();
         let (Some(first), Some(last)) = (matching.first(), matching.last()) else {
             continue;
@@ -120,30 +131,45 @@ pub async fn apply_inline(
         if claimed.rows_affected() == 0 {
             continue;
         }
-        let owned: Vec<RecordedEvent> = matching.into_iter().cloned().collect();
-        let mode = match projection.on_error {
-            OnError::Fail => Failures::Abort,
-            OnError::Skip => Failures::Collect,
-        };
-        match apply::apply_batch(connection, &projection.handlers, &owned, mode).await {
-            Ok(dead) => {
-                let dead: Vec<(u64, String)> =
-                    dead.into_iter().map(|f| (f.position, f.message)).collect();
-                apply::record_messages(
-                    connection,
-                    &projection.name,
-                    projection.version,
-                    "dead_letter",
-                    &dead,
-                )
-                .await?;
-            }
+        let collect = projection.on_error == OnError::Skip;
+        let outcome = sandbox::apply(
+            connection,
+            ApplyCall {
+                function: &projection.apply_function,
+                after: first.position - 1,
+                upto: last.position,
+                limit: matching.len() as i64,
+                collect,
+                timeout: catalog.sql_timeout,
+            },
+        )
+        .await?;
+        let dead: Vec<(u64, String)> = match outcome {
+            Ok(applied) => applied
+                .failures
+                .into_iter()
+                .map(|f| (f.position, f.message))
+                .collect(),
+            // Over its time nothing of the call was applied: with on_error = "skip", every event
+            // it had becomes a dead letter, to be retried once the handler is fixed.
+            Err(failure) if collect && failure.timed_out => matching
+                .iter()
+                .map(|e| (e.position, failure.message.clone()))
+                .collect(),
             Err(failure) => {
                 return Err(Error::FailedPrecondition(
                     failure.describe(&projection.name),
                 ));
             }
-        }
+        };
+        apply::record_messages(
+            connection,
+            &projection.name,
+            projection.version,
+            "dead_letter",
+            &dead,
+        )
+        .await?;
     }
     Ok(())
 }

@@ -171,9 +171,15 @@ impl Definition {
         }
     }
 
-    /// The table of `version`: `projections.<name>_v<version>`.
+    /// The projection's own schema, `projection_<name>`: its tables and functions live there,
+    /// and only its sandbox role may use it (docs/ARCHITECTURE.md, "The projection sandbox").
+    pub fn schema(&self) -> String {
+        format!("projection_{}", self.name)
+    }
+
+    /// The table of `version`: `projection_<name>.v<version>`.
     pub fn table(&self, version: i32) -> String {
-        format!("{SCHEMA}.{}_v{version}", self.name)
+        format!("{}.v{version}", self.schema())
     }
 
     /// The view with the plain name, on the active version.
@@ -268,7 +274,7 @@ const BODY_TAG: &str = "$highwater_apply$";
 impl Definition {
     /// The generated function that applies a range of the log to `version` inside PostgreSQL.
     pub fn apply_function(&self, version: i32) -> String {
-        format!("{SCHEMA}.highwater_apply_{}_v{version}", self.name)
+        format!("{}.highwater_apply_v{version}", self.schema())
     }
 
     /// `CREATE OR REPLACE FUNCTION` for the version's apply function: it walks the events in
@@ -311,19 +317,25 @@ impl Definition {
             .collect::<Vec<_>>()
             .join(", ");
         let apply = format!(
-            "ev_data := CASE WHEN lower(trim(split_part(ev.content_type, ';', 1))) = 'application/json'
-                                  OR lower(trim(split_part(ev.content_type, ';', 1))) LIKE '%/%+json'
-                             THEN convert_from(ev.data, 'UTF8')::jsonb END;
+            "-- The same rule as validate::is_json_content_type, in ASCII whatever the locale.
+            ev_essence := translate(btrim(split_part(ev.content_type, ';', 1), ' '),
+                                    'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz');
+            ev_data := CASE WHEN ev_essence = 'application/json' OR ev_essence LIKE '%/%+json'
+                            THEN convert_from(ev.data, 'UTF8')::jsonb END;
             CASE ev.type
 {cases}            END CASE;"
         );
         Ok(format!(
             "CREATE OR REPLACE FUNCTION {function}(p_after bigint, p_upto bigint, p_limit integer, p_collect boolean)
 RETURNS TABLE (r_kind text, r_count integer, r_position bigint, r_type text, r_message text)
-LANGUAGE plpgsql AS {BODY_TAG}
+LANGUAGE plpgsql
+-- Runs as the projection's sandbox role (its owner), where no statement can change role.
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS {BODY_TAG}
 DECLARE
     ev      record;
     ev_data jsonb;
+    ev_essence text;
     ev_type text;
     applied integer := 0;
     last    bigint := p_after;
@@ -423,7 +435,7 @@ mod tests {
             (definition.version, definition.on_error),
             (1, OnError::Fail)
         );
-        assert_eq!(definition.table(2), "projections.cart_summary_v2");
+        assert_eq!(definition.table(2), "projection_cart_summary.v2");
 
         let bad = text.replace("cart_summary", "Cart-Summary");
         let error = Definition::from_toml(&bad, "cart.toml")

@@ -6,7 +6,7 @@ pub mod catalog;
 pub mod definition;
 pub mod keys;
 pub mod rebuild;
-pub mod role;
+pub mod sandbox;
 pub mod versions;
 pub mod worker;
 
@@ -26,7 +26,6 @@ use crate::{
     store::reader::micros_to_time,
     subscribe::hub::Hub,
 };
-use apply::Failures;
 use definition::Definition;
 use rebuild::{Progress, Strategy};
 use versions::VersionRow;
@@ -42,6 +41,10 @@ pub struct Settings {
     pub supervise_interval: Duration,
     /// A pause between rebuild batches (to leave room for other work), none by default.
     pub batch_pause: Option<Duration>,
+    /// The longest one call of a projection's SQL may run, lock waits included: a setup, the
+    /// handlers of one inline append, one batch of a rebuild or an async worker. Inline handlers
+    /// run while the log's lock is held, so this bounds how long they can stop other appends.
+    pub sql_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -51,9 +54,13 @@ impl Default for Settings {
             heartbeat_timeout: Duration::from_secs(30),
             supervise_interval: Duration::from_secs(5),
             batch_pause: None,
+            sql_timeout: DEFAULT_SQL_TIMEOUT,
         }
     }
 }
+
+/// The default of `Settings::sql_timeout` (and of `--projection-sql-timeout-ms`).
+pub const DEFAULT_SQL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The projection service of the core.
 pub struct Projections {
@@ -168,9 +175,31 @@ impl Projections {
     /// - the same version with another setup, or an older version: refused.
     pub async fn register(self: &Arc<Self>, definition: Definition) -> Result<ProjectionInfo> {
         definition.validate()?;
-        let mut connection = self.pool.acquire().await?;
+        // A connection of its own, closed afterwards: nothing a setup does to its session (a
+        // prepared statement, a LISTEN, an advisory lock) reaches a pooled connection.
+        let mut connection = self.dedicated_connection("highwater-register").await?;
+        let registered = self.register_on(&mut connection, &definition).await;
+        let _ = connection.close().await;
+        if registered? {
+            match self.rebuild(&definition.name, Strategy::BlueGreen).await {
+                Ok(_) | Err(Error::FailedPrecondition(_)) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        self.get(&definition.name).await
+    }
+
+    /// The registration transaction; true when the version must be built.
+    async fn register_on(
+        &self,
+        connection: &mut PgConnection,
+        definition: &Definition,
+    ) -> Result<bool> {
+        let definition = definition.clone();
+        let timeout = self.settings.sql_timeout;
         let mut transaction = connection.begin().await?;
-        // Serialises registrations and rebuild cut-overs of this projection.
+        // Serialises registrations and rebuild cut-overs of this projection; the first lock of
+        // both (see the lock order in docs/ARCHITECTURE.md).
         sqlx::query(
             "INSERT INTO projections (name, mode) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
         )
@@ -178,7 +207,7 @@ impl Projections {
         .bind(definition.mode.as_str())
         .execute(&mut *transaction)
         .await?;
-        sqlx::query("SELECT 1 FROM projections WHERE name = $1 FOR UPDATE")
+        sqlx::query("SELECT 1 FROM projections WHERE name = $1 FOR NO KEY UPDATE")
             .bind(&definition.name)
             .execute(&mut *transaction)
             .await?;
@@ -193,9 +222,13 @@ impl Projections {
                 if same.definition.setup == definition.setup
                     && same.definition.mode == definition.mode =>
             {
+                sandbox::ensure(&mut transaction, &definition).await?;
                 check_handlers(&mut transaction, &definition, definition.version).await?;
-                versions::install_apply_function(&mut transaction, &definition, definition.version)
+                sandbox::install_apply_function(&mut transaction, &definition, definition.version)
                     .await?;
+                // Lock order, everywhere: the projections row, then log_head, then
+                // projection_versions rows (inline appends take the last two in that order).
+                versions::bump_catalog(&mut transaction).await?;
                 sqlx::query(
                     "UPDATE projection_versions
                         SET definition = $3, updated_at = now(),
@@ -209,7 +242,6 @@ impl Projections {
                 .bind(&stored)
                 .execute(&mut *transaction)
                 .await?;
-                versions::bump_catalog(&mut transaction).await?;
                 info!(projection = %definition.name, version = definition.version, "projection handlers updated");
             }
             Some(_) => {
@@ -230,9 +262,10 @@ impl Projections {
                 )));
             }
             None => {
-                rebuild::run_setup(&mut transaction, &definition, definition.version).await?;
+                sandbox::run_setup(&mut transaction, &definition, definition.version, timeout)
+                    .await?;
                 check_handlers(&mut transaction, &definition, definition.version).await?;
-                versions::install_apply_function(&mut transaction, &definition, definition.version)
+                sandbox::install_apply_function(&mut transaction, &definition, definition.version)
                     .await?;
                 sqlx::query(
                     "INSERT INTO projection_versions (name, version, definition, status) VALUES ($1, $2, $3, 'building')",
@@ -247,14 +280,7 @@ impl Projections {
             }
         }
         transaction.commit().await?;
-        drop(connection);
-        if build {
-            match self.rebuild(&definition.name, Strategy::BlueGreen).await {
-                Ok(_) | Err(Error::FailedPrecondition(_)) => {}
-                Err(error) => return Err(error),
-            }
-        }
-        self.get(&definition.name).await
+        Ok(build)
     }
 
     pub async fn list(&self) -> Result<Vec<ProjectionInfo>> {
@@ -385,12 +411,17 @@ impl Projections {
         .bind(active)
         .fetch_all(&mut *transaction)
         .await?;
-        let positions: Vec<i64> = letters.iter().map(|(_, p)| *p).collect();
-        let events = versions::events_at(&mut transaction, &positions).await?;
-        let handlers = row.definition.handlers_for(active)?;
-        let failed = apply::apply_batch(&mut transaction, &handlers, &events, Failures::Collect)
-            .await
-            .map_err(|f| Error::Internal(f.describe(name)))?;
+        let positions: Vec<u64> = letters.iter().map(|(_, p)| *p as u64).collect();
+        let failed = versions::apply_positions(
+            &mut transaction,
+            &row.definition,
+            active,
+            &positions,
+            true,
+            self.settings.sql_timeout,
+        )
+        .await?
+        .map_err(|f| Error::Internal(f.describe(name)))?;
         let mut still_failing = 0;
         for (id, position) in &letters {
             match failed.iter().find(|f| f.position as i64 == *position) {
@@ -417,6 +448,55 @@ impl Projections {
     }
 }
 
+impl Projections {
+    /// At start: every projection's sandbox (role, schema, grants), its audit, and the apply
+    /// functions of its live versions, so that a database migrated from before the sandbox is
+    /// brought under it. A projection whose objects fail the audit is marked failed, not run.
+    pub async fn secure_existing(&self) -> Result<()> {
+        let names: Vec<String> = sqlx::query_scalar("SELECT name FROM projections ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        for name in names {
+            let mut connection = self.pool.acquire().await?;
+            let mut transaction = connection.begin().await?;
+            sqlx::query("SELECT 1 FROM projections WHERE name = $1 FOR NO KEY UPDATE")
+                .bind(&name)
+                .execute(&mut *transaction)
+                .await?;
+            let all = versions::versions(&mut transaction, &name).await?;
+            let Some(newest) = all.first() else {
+                transaction.commit().await?;
+                continue;
+            };
+            sandbox::ensure(&mut transaction, &newest.definition).await?;
+            if let Err(error) = sandbox::audit(&mut transaction, &newest.definition).await {
+                tracing::error!(projection = %name, %error, "projection fails the sandbox audit; marked failed");
+                versions::bump_catalog(&mut transaction).await?;
+                sqlx::query(
+                    "UPDATE projection_versions SET status = 'failed', last_error = $2, updated_at = now()
+                      WHERE name = $1 AND status <> 'retired'",
+                )
+                .bind(&name)
+                .bind(error.to_string())
+                .execute(&mut *transaction)
+                .await?;
+                transaction.commit().await?;
+                continue;
+            }
+            for version in all.iter().filter(|v| v.status != "retired") {
+                sandbox::install_apply_function(
+                    &mut transaction,
+                    &version.definition,
+                    version.version,
+                )
+                .await?;
+            }
+            transaction.commit().await?;
+        }
+        Ok(())
+    }
+}
+
 /// id, projection, version, position, kind, reason, recorded (µs), archived (µs).
 type SystemMessageRow = (i64, String, i32, i64, String, String, i64, Option<i64>);
 
@@ -433,27 +513,44 @@ fn same_definition(a: &Definition, b: &Definition) -> bool {
 }
 
 /// Prepares every handler against the version's table: errors name the source, the handler and
-/// PostgreSQL's message.
+/// PostgreSQL's message. `PREPARE` takes only one SELECT, INSERT, UPDATE, DELETE, MERGE or VALUES
+/// statement, so no handler can change a table's definition, make an object or touch the session
+/// beyond what such a statement can (docs/ARCHITECTURE.md, "The projection sandbox"); the
+/// extended protocol refuses a second statement after a semicolon.
 async fn check_handlers(
     connection: &mut PgConnection,
     definition: &Definition,
     version: i32,
 ) -> Result<()> {
-    use sqlx::{Executor, SqlSafeStr};
     for (event_type, handler) in definition.handlers_for(version)? {
-        connection
-            .prepare(sqlx::AssertSqlSafe(handler.sql).into_sql_str())
-            .await
-            .map_err(|error| {
-                Error::invalid(
-                    format!("handlers.{event_type}"),
-                    format!(
-                        "{}: handler {event_type}: {}",
-                        source(definition),
-                        apply::database_message(&error)
-                    ),
-                )
-            })?;
+        let checked = async {
+            // The handler is the user's text, but PREPARE only parses it: nothing runs here.
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "PREPARE highwater_check AS {}",
+                handler.sql
+            )))
+            .execute(&mut *connection)
+            .await?;
+            sqlx::query("DEALLOCATE highwater_check")
+                .execute(&mut *connection)
+                .await
+        };
+        checked.await.map_err(|error| {
+            let hint = match &error {
+                sqlx::Error::Database(db) if db.code().as_deref() == Some("42601") => {
+                    " (a handler is one SELECT, INSERT, UPDATE, DELETE or MERGE statement)"
+                }
+                _ => "",
+            };
+            Error::invalid(
+                format!("handlers.{event_type}"),
+                format!(
+                    "{}: handler {event_type}: {}{hint}",
+                    source(definition),
+                    apply::database_message(&error)
+                ),
+            )
+        })?;
     }
     Ok(())
 }

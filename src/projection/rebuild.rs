@@ -20,8 +20,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::{
-    Projections,
-    apply::{self, Failures, HandlerFailure},
+    Projections, apply,
     definition::{Definition, OnError},
     keys,
     versions::{self, VersionRow},
@@ -203,7 +202,7 @@ impl RebuildRun<'_> {
         let definition = target.definition.clone();
         let version = target.version;
         self.progress.send_modify(|p| p.version = version);
-        versions::install_apply_function(&mut self.connection, &definition, version).await?;
+        super::sandbox::install_apply_function(&mut self.connection, &definition, version).await?;
         info!(
             projection = self.name,
             version,
@@ -275,7 +274,13 @@ impl RebuildRun<'_> {
             Strategy::BlueGreen => {
                 let next = all.first().map_or(1, |v| v.version) + 1;
                 let mut transaction = self.connection.begin().await?;
-                run_setup(&mut transaction, &active.definition, next).await?;
+                super::sandbox::run_setup(
+                    &mut transaction,
+                    &active.definition,
+                    next,
+                    self.projections.settings.sql_timeout,
+                )
+                .await?;
                 let mut definition = active.definition.clone();
                 definition.version = next;
                 sqlx::query(
@@ -349,6 +354,7 @@ impl RebuildRun<'_> {
                 row.applied_position,
                 head,
                 batch_size,
+                self.projections.settings.sql_timeout,
             )
             .await?;
             let full = done.count as i64 == batch_size;
@@ -395,6 +401,11 @@ impl RebuildRun<'_> {
     ) -> Result<()> {
         self.progress.send_modify(|p| p.phase = Phase::CuttingOver);
         let mut transaction = self.connection.begin().await?;
+        // Lock order (docs/ARCHITECTURE.md): the projections row, log_head, the version row.
+        sqlx::query("SELECT 1 FROM projections WHERE name = $1 FOR NO KEY UPDATE")
+            .bind(self.name)
+            .execute(&mut *transaction)
+            .await?;
         let head = versions::lock_head(&mut transaction).await?;
         let row = versions::lock_version(&mut transaction, self.name, version).await?;
         apply_range(
@@ -405,6 +416,7 @@ impl RebuildRun<'_> {
             row.applied_position,
             head,
             i64::from(i32::MAX),
+            self.projections.settings.sql_timeout,
         )
         .await?;
         if strategy == Strategy::BlueGreen {
@@ -455,7 +467,6 @@ impl RebuildRun<'_> {
     async fn replay_skips(&mut self, definition: &Definition, version: i32) -> Result<u64> {
         self.progress
             .send_modify(|p| p.phase = Phase::ReplayingSkips);
-        let handlers = definition.handlers_for(version)?;
         let mut transaction = self.connection.begin().await?;
         let row = versions::lock_version(&mut transaction, self.name, version).await?;
         let pending: Vec<i64> = sqlx::query_scalar(
@@ -469,17 +480,25 @@ impl RebuildRun<'_> {
         .fetch_all(&mut *transaction)
         .await?;
         if !pending.is_empty() {
-            let events = versions::events_at(&mut transaction, &pending).await?;
-            apply_events(
+            let positions: Vec<u64> = pending.iter().map(|p| *p as u64).collect();
+            let collect = definition.on_error == OnError::Skip;
+            let failures = versions::apply_positions(
                 &mut transaction,
-                self.name,
                 definition,
                 version,
-                &handlers,
-                &events,
+                &positions,
+                collect,
+                self.projections.settings.sql_timeout,
             )
-            .await?;
-            let last = events.last().map_or(row.applied_position, |e| e.position);
+            .await?
+            .map_err(|failure| Error::FailedPrecondition(failure.describe(self.name)))?;
+            let dead: Vec<(u64, String)> = failures
+                .into_iter()
+                .map(|f| (f.position, f.message))
+                .collect();
+            apply::record_messages(&mut transaction, self.name, version, "dead_letter", &dead)
+                .await?;
+            let last = positions.last().copied().unwrap_or(row.applied_position);
             sqlx::query("UPDATE projection_versions SET applied_position = GREATEST(applied_position, $3) WHERE name = $1 AND version = $2")
                 .bind(self.name)
                 .bind(version)
@@ -518,38 +537,6 @@ impl RebuildRun<'_> {
     }
 }
 
-/// Runs a version's setup SQL as the projection role, so that its table belongs to that role.
-pub async fn run_setup(
-    connection: &mut PgConnection,
-    definition: &Definition,
-    version: i32,
-) -> Result<()> {
-    let setup = async {
-        super::role::assume(connection).await?;
-        sqlx::query(sqlx::AssertSqlSafe(definition.setup_sql(version)))
-            .execute(&mut *connection)
-            .await?;
-        super::role::restore(connection).await
-    };
-    setup.await.map_err(|error| setup_error(definition, &error))
-}
-
-pub fn setup_error(definition: &Definition, error: &sqlx::Error) -> Error {
-    Error::invalid(
-        "setup",
-        format!(
-            "{}: setup of {} failed: {}",
-            if definition.source.is_empty() {
-                "definition"
-            } else {
-                definition.source.as_str()
-            },
-            definition.name,
-            apply::database_message(error)
-        ),
-    )
-}
-
 /// How long a rebuild may go without a heartbeat before another process takes it over.
 pub fn heartbeat_expired(heartbeat_us: Option<i64>, timeout: Duration) -> bool {
     let Some(heartbeat_us) = heartbeat_us else {
@@ -562,36 +549,9 @@ pub fn heartbeat_expired(heartbeat_us: Option<i64>, timeout: Duration) -> bool {
     now_us - heartbeat_us > timeout.as_micros() as i64
 }
 
-/// Applies events to a version in the caller's transaction; with `on_error = "skip"` failures
-/// become dead letters, otherwise the first failure fails the rebuild.
-async fn apply_events(
-    connection: &mut PgConnection,
-    name: &str,
-    definition: &Definition,
-    version: i32,
-    handlers: &std::collections::BTreeMap<String, super::definition::Handler>,
-    events: &[crate::store::model::RecordedEvent],
-) -> Result<()> {
-    let mode = if definition.on_error == OnError::Skip {
-        Failures::Collect
-    } else {
-        Failures::Abort
-    };
-    match apply::apply_batch(connection, handlers, events, mode).await {
-        Ok(dead) => {
-            let dead: Vec<(u64, String)> = dead
-                .into_iter()
-                .map(|f: HandlerFailure| (f.position, f.message))
-                .collect();
-            apply::record_messages(connection, name, version, "dead_letter", &dead).await?;
-            Ok(())
-        }
-        Err(failure) => Err(Error::FailedPrecondition(failure.describe(name))),
-    }
-}
-
 /// Applies a range of the log inside PostgreSQL (the version's apply function); with
 /// `on_error = "skip"` failures become dead letters, otherwise the first one fails the rebuild.
+#[allow(clippy::too_many_arguments)]
 async fn apply_range(
     connection: &mut PgConnection,
     name: &str,
@@ -600,10 +560,13 @@ async fn apply_range(
     after: u64,
     upto: u64,
     limit: i64,
-) -> Result<versions::Applied> {
+    timeout: Duration,
+) -> Result<super::sandbox::Applied> {
     let collect = definition.on_error == OnError::Skip;
-    match versions::apply_range(connection, definition, version, after, upto, limit, collect)
-        .await?
+    match versions::apply_range(
+        connection, definition, version, after, upto, limit, collect, timeout,
+    )
+    .await?
     {
         Ok(applied) => {
             let dead: Vec<(u64, String)> = applied

@@ -2,7 +2,7 @@
 
 use sqlx::{AssertSqlSafe, PgConnection, Row};
 
-use super::definition::Definition;
+use super::{definition::Definition, sandbox::Applied};
 use crate::{
     error::{Error, Result},
     store::{model::RecordedEvent, reader},
@@ -214,54 +214,10 @@ pub async fn truncate(
     Ok(())
 }
 
-/// Creates (or replaces) the version's apply function; see `Definition::apply_function_sql`.
-pub async fn install_apply_function(
-    connection: &mut PgConnection,
-    definition: &Definition,
-    version: i32,
-) -> Result<()> {
-    let sql = definition
-        .apply_function_sql(version)
-        .map_err(|problem| Error::invalid("handlers", format!("{}: {problem}", definition.name)))?;
-    sqlx::query(AssertSqlSafe(sql))
-        .execute(&mut *connection)
-        .await
-        .map_err(|error| {
-            Error::invalid(
-                "handlers",
-                format!(
-                    "{}: handlers of {}: {}",
-                    definition.source,
-                    definition.name,
-                    super::apply::database_message(&error)
-                ),
-            )
-        })?;
-    Ok(())
-}
-
-/// kind, count, position, event type, message: one row of an apply function.
-type ApplyRow = (
-    String,
-    Option<i32>,
-    Option<i64>,
-    Option<String>,
-    Option<String>,
-);
-
-/// What one call of an apply function did.
-#[derive(Debug, Default)]
-pub struct Applied {
-    /// Events with a handler that were applied (or dead-lettered).
-    pub count: u64,
-    /// The last position looked at (`after` if none).
-    pub last: u64,
-    /// Events whose handler failed (only with `collect`; otherwise the call failed).
-    pub failures: Vec<super::apply::HandlerFailure>,
-}
-
-/// Applies the events in (`after`, `upto`] (at most `limit` with a handler) inside PostgreSQL.
-/// Without `collect`, the first failing handler undoes the call and is returned as the error.
+/// Applies the events in (`after`, `upto`] (at most `limit` with a handler) inside PostgreSQL,
+/// in the projection's sandbox and within `timeout`. Without `collect`, the first failing
+/// handler undoes the call and is returned as the error.
+#[allow(clippy::too_many_arguments)]
 pub async fn apply_range(
     connection: &mut PgConnection,
     definition: &Definition,
@@ -270,38 +226,51 @@ pub async fn apply_range(
     upto: u64,
     limit: i64,
     collect: bool,
+    timeout: std::time::Duration,
 ) -> Result<std::result::Result<Applied, super::apply::HandlerFailure>> {
-    let sql = format!(
-        "SELECT * FROM {}($1, $2, $3, $4)",
-        definition.apply_function(version)
-    );
-    super::role::assume(connection).await?;
-    let rows: Vec<ApplyRow> = sqlx::query_as(AssertSqlSafe(sql))
-        .bind(after as i64)
-        .bind(upto as i64)
-        .bind(i32::try_from(limit).unwrap_or(i32::MAX))
-        .bind(collect)
-        .fetch_all(&mut *connection)
+    let function = definition.apply_function(version);
+    super::sandbox::apply(
+        connection,
+        super::sandbox::ApplyCall {
+            function: &function,
+            after,
+            upto,
+            limit,
+            collect,
+            timeout,
+        },
+    )
+    .await
+}
+
+/// Applies the events at `positions` one call each (so that a failure names its event), in the
+/// sandbox. Without `collect`, the first failure stops and is returned as the error.
+pub async fn apply_positions(
+    connection: &mut PgConnection,
+    definition: &Definition,
+    version: i32,
+    positions: &[u64],
+    collect: bool,
+    timeout: std::time::Duration,
+) -> Result<std::result::Result<Vec<super::apply::HandlerFailure>, super::apply::HandlerFailure>> {
+    let mut failures = Vec::new();
+    for &position in positions {
+        let outcome = apply_range(
+            connection,
+            definition,
+            version,
+            position.saturating_sub(1),
+            position,
+            1,
+            collect,
+            timeout,
+        )
         .await?;
-    super::role::restore(connection).await?;
-    let mut applied = Applied {
-        last: after,
-        ..Applied::default()
-    };
-    for (kind, count, position, event_type, message) in rows {
-        let failure = super::apply::HandlerFailure {
-            position: position.unwrap_or(0) as u64,
-            event_type: event_type.unwrap_or_default(),
-            message: message.unwrap_or_default(),
-        };
-        match kind.as_str() {
-            "done" => {
-                applied.count = count.unwrap_or(0) as u64;
-                applied.last = position.unwrap_or(after as i64) as u64;
-            }
-            _ if !collect => return Ok(Err(failure)),
-            _ => applied.failures.push(failure),
+        match outcome {
+            Ok(applied) => failures.extend(applied.failures),
+            Err(failure) if collect => failures.push(failure),
+            Err(failure) => return Ok(Err(failure)),
         }
     }
-    Ok(Ok(applied))
+    Ok(Ok(failures))
 }

@@ -128,7 +128,8 @@ impl Projections {
                 .into_iter()
                 .find(|v| v.version == active);
             if let Some(row) = row {
-                versions::install_apply_function(&mut connection, &row.definition, active).await?;
+                super::sandbox::install_apply_function(&mut connection, &row.definition, active)
+                    .await?;
             }
         }
         loop {
@@ -186,6 +187,7 @@ impl Projections {
                 head,
                 batch_size,
                 collect,
+                self.settings.sql_timeout,
             )
             .await?;
             match outcome {

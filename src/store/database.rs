@@ -40,6 +40,22 @@ pub async fn migrate(pool: &PgPool) -> Result<()> {
     })
 }
 
+/// The server needs no superuser (README, Security): as one, a mistake in the server or in the
+/// sandbox would reach the database host.
+pub async fn warn_if_superuser(pool: &PgPool) -> Result<()> {
+    let superuser: bool =
+        sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+            .fetch_one(pool)
+            .await?;
+    if superuser {
+        tracing::warn!(
+            "the server's database user is a superuser; give it a role of its own that owns the \
+             database and has CREATEROLE (README, Security)"
+        );
+    }
+    Ok(())
+}
+
 async fn ensure_database(options: &PgConnectOptions) -> Result<()> {
     match options.connect().await {
         Ok(connection) => {

@@ -30,8 +30,13 @@ pub struct Store {
 
 impl Store {
     /// Starts the writer task on `pool`; the handle ends after [`Store::stop`].
-    pub fn start(pool: PgPool, limits: Limits) -> (Self, JoinHandle<()>) {
-        let (writer, task) = Writer::spawn(pool.clone());
+    /// `projection_sql_timeout` bounds the inline projections' handlers of one append.
+    pub fn start(
+        pool: PgPool,
+        limits: Limits,
+        projection_sql_timeout: std::time::Duration,
+    ) -> (Self, JoinHandle<()>) {
+        let (writer, task) = Writer::spawn(pool.clone(), projection_sql_timeout);
         (
             Self {
                 pool,

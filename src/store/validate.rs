@@ -62,6 +62,34 @@ pub fn is_json_content_type(content_type: &str) -> bool {
     essence == "application/json" || (essence.contains('/') && essence.ends_with("+json"))
 }
 
+/// Why `data` is not JSON that PostgreSQL's `jsonb` accepts, if it is not: serde's parse, plus
+/// what jsonb refuses and serde allows (a NUL character, `\u0000`, in a string or a key). Every
+/// event a projection reads as `$data` passed this check at append.
+pub fn json_problem(data: &[u8]) -> std::result::Result<(), String> {
+    let value: serde_json::Value = serde_json::from_slice(data).map_err(|e| e.to_string())?;
+    let mut pending = vec![&value];
+    while let Some(value) = pending.pop() {
+        match value {
+            serde_json::Value::String(text) if text.contains('\0') => {
+                return Err("a string holds a NUL character (\\u0000), which jsonb refuses".into());
+            }
+            serde_json::Value::Array(items) => pending.extend(items),
+            serde_json::Value::Object(fields) => {
+                for (key, item) in fields {
+                    if key.contains('\0') {
+                        return Err(
+                            "a key holds a NUL character (\\u0000), which jsonb refuses".into()
+                        );
+                    }
+                    pending.push(item);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Validates an append and assigns ids to events that came without one (UUID v7).
 pub fn validate_append(input: AppendInput, limits: &Limits) -> Result<AppendRequest> {
     let mut violations = Vec::new();
@@ -115,19 +143,33 @@ pub fn validate_append(input: AppendInput, limits: &Limits) -> Result<AppendRequ
         } else {
             event.content_type
         };
-        if content_type.len() > MAX_NAME_BYTES || content_type.chars().any(char::is_control) {
+        // ASCII only, so that "is this JSON" reads the same here and in SQL (whose lower() and
+        // trim() follow the database's locale for anything else).
+        if content_type.len() > MAX_NAME_BYTES
+            || !content_type
+                .bytes()
+                .all(|b| b.is_ascii_graphic() || b == b' ')
+        {
             violations.push(FieldViolation::new(
                 field("content_type"),
-                format!("must be at most {MAX_NAME_BYTES} bytes without control characters"),
+                format!("must be at most {MAX_NAME_BYTES} bytes of printable ASCII (a media type)"),
             ));
         }
         if is_json_content_type(&content_type)
-            && let Err(error) = serde_json::from_slice::<serde::de::IgnoredAny>(&event.data)
+            && let Err(problem) = json_problem(&event.data)
         {
             violations.push(FieldViolation::new(
                 field("data"),
-                format!("is not valid JSON (content type {content_type}): {error}"),
+                format!("is not valid JSON (content type {content_type}): {problem}"),
             ));
+        }
+        for (key, value) in &event.metadata {
+            if key.contains('\0') || value.contains('\0') {
+                violations.push(FieldViolation::new(
+                    field(&format!("metadata[{key:?}]")),
+                    "must not contain NUL characters (PostgreSQL's jsonb cannot hold them)",
+                ));
+            }
         }
 
         let metadata_json = match serde_json::to_string(&event.metadata) {
@@ -214,6 +256,26 @@ mod tests {
         let request = validate_append(input("s", vec![event("{}")]), &Limits::default()).unwrap();
         assert_eq!(request.events[0].id.get_version_num(), 7);
         assert_eq!(request.events[0].content_type, "application/json");
+    }
+
+    #[test]
+    fn json_that_jsonb_refuses_is_refused() {
+        assert!(
+            json_problem(br#"{"a":"\u0000"}"#)
+                .unwrap_err()
+                .contains("NUL")
+        );
+        assert!(
+            json_problem(br#"{"\u0000":1}"#)
+                .unwrap_err()
+                .contains("NUL")
+        );
+        assert!(json_problem(br#"[[{"a":["x\u0000"]}]]"#).is_err());
+        assert!(
+            json_problem(br#"{"a":"\\u0000"}"#).is_ok(),
+            "an escaped backslash is fine"
+        );
+        assert!(json_problem(b"{").is_err());
     }
 
     #[test]

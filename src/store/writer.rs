@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 use uuid::Uuid;
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use super::{
     model::{AppendRequest, AppendResult, ExpectedRevision, RecordedEvent},
@@ -48,9 +48,13 @@ pub struct Writer {
 
 impl Writer {
     /// Starts the writer task on `pool`.
-    pub fn spawn(pool: PgPool) -> (Self, tokio::task::JoinHandle<()>) {
+    /// `projection_sql_timeout` bounds the inline projections' handlers of one append.
+    pub fn spawn(
+        pool: PgPool,
+        projection_sql_timeout: Duration,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
         let (commands, queue) = mpsc::channel(QUEUE_CAPACITY);
-        let task = tokio::spawn(run(pool, queue));
+        let task = tokio::spawn(run(pool, queue, projection_sql_timeout));
         (Self { commands }, task)
     }
 
@@ -82,7 +86,7 @@ struct Pending {
     reply: oneshot::Sender<Result<AppendResult>>,
 }
 
-async fn run(pool: PgPool, mut queue: mpsc::Receiver<Command>) {
+async fn run(pool: PgPool, mut queue: mpsc::Receiver<Command>, sql_timeout: Duration) {
     let mut stop_ack = None;
     // Loaded before the first group, reloaded whenever the append function says it is stale.
     let mut catalog: Option<Catalog> = None;
@@ -118,7 +122,7 @@ async fn run(pool: PgPool, mut queue: mpsc::Receiver<Command>) {
             crate::metrics::RECORDED
                 .group_requests
                 .observe(group.len() as f64);
-            write_group(&pool, &mut catalog, group).await;
+            write_group(&pool, &mut catalog, sql_timeout, group).await;
         }
     }
     if let Some(done) = stop_ack {
@@ -138,12 +142,17 @@ fn request_bytes(request: &AppendRequest) -> usize {
 /// How often a group is retried after the projection catalog changed under it.
 const CATALOG_RETRIES: usize = 5;
 
-async fn write_group(pool: &PgPool, catalog: &mut Option<Catalog>, group: Vec<Pending>) {
+async fn write_group(
+    pool: &PgPool,
+    catalog: &mut Option<Catalog>,
+    sql_timeout: Duration,
+    group: Vec<Pending>,
+) {
     let mut attempt = 0;
     let outcome = loop {
         let current = match catalog {
             Some(current) => current,
-            None => match Catalog::load(pool).await {
+            None => match Catalog::load(pool, sql_timeout).await {
                 Ok(loaded) => catalog.insert(loaded),
                 Err(error) => break Err(error),
             },
@@ -189,7 +198,8 @@ async fn write_group(pool: &PgPool, catalog: &mut Option<Catalog>, group: Vec<Pe
         Err(error) => {
             warn!(%error, requests = group.len(), "group append failed, retrying one by one");
             for pending in group {
-                let result = Box::pin(write_alone(pool, catalog, pending.request)).await;
+                let result =
+                    Box::pin(write_alone(pool, catalog, sql_timeout, pending.request)).await;
                 let _ = pending.reply.send(result);
             }
         }
@@ -199,12 +209,13 @@ async fn write_group(pool: &PgPool, catalog: &mut Option<Catalog>, group: Vec<Pe
 async fn write_alone(
     pool: &PgPool,
     catalog: &mut Option<Catalog>,
+    sql_timeout: Duration,
     request: AppendRequest,
 ) -> Result<AppendResult> {
     let (reply, answer) = oneshot::channel();
     let pending = Pending { request, reply };
     // A group of one reports its own error instead of splitting further.
-    Box::pin(write_group(pool, catalog, vec![pending])).await;
+    Box::pin(write_group(pool, catalog, sql_timeout, vec![pending])).await;
     answer
         .await
         .unwrap_or_else(|_| Err(Error::Internal("append lost its answer".into())))

@@ -361,7 +361,7 @@ async fn rebuild_reports_progress_to_done_and_projections_show_the_new_version()
     let detail = run(&app, &["projection", "cart_summary"]).await;
     assert!(detail.success, "{}", detail.stderr);
     assert!(
-        detail.stdout.contains("projections.cart_summary_v2"),
+        detail.stdout.contains("projection_cart_summary.v2"),
         "{}",
         detail.stdout
     );

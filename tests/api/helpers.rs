@@ -134,8 +134,30 @@ impl Drop for TestDatabase {
                 .unwrap();
             runtime.block_on(async move {
                 if let Ok(mut admin) = PgConnection::connect(admin_url()).await {
+                    let oid: Option<i64> = sqlx::query_scalar(
+                        "SELECT oid::bigint FROM pg_database WHERE datname = $1",
+                    )
+                    .bind(&name)
+                    .fetch_optional(&mut admin)
+                    .await
+                    .ok()
+                    .flatten();
                     let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
                     let _ = sqlx::query(AssertSqlSafe(sql)).execute(&mut admin).await;
+                    // Projection sandbox roles belong to the cluster: hwp_<database oid>_<name>.
+                    if let Some(oid) = oid {
+                        let roles: Vec<String> = sqlx::query_scalar(
+                            "SELECT rolname::text FROM pg_roles WHERE rolname LIKE $1",
+                        )
+                        .bind(format!("hwp\\_{oid}\\_%"))
+                        .fetch_all(&mut admin)
+                        .await
+                        .unwrap_or_default();
+                        for role in roles {
+                            let sql = format!("DROP ROLE IF EXISTS \"{role}\"");
+                            let _ = sqlx::query(AssertSqlSafe(sql)).execute(&mut admin).await;
+                        }
+                    }
                 }
             });
         })
@@ -275,8 +297,15 @@ impl TestApp {
 
     /// With extra server flags.
     pub async fn spawn_with(extra: &[&str]) -> Self {
+        Self::spawn_configured(|_| {}, extra).await
+    }
+
+    /// With extra server flags and settings changed in the typed configuration.
+    pub async fn spawn_configured(change: impl FnOnce(&mut ServeConfig), extra: &[&str]) -> Self {
         let database = TestDatabase::new();
-        let server = RunningServer::start(config_for(&database.url, extra)).await;
+        let mut config = config_for(&database.url, extra);
+        change(&mut config);
+        let server = RunningServer::start(config).await;
         server
             .wait_for_health(ServingStatus::Serving, Duration::from_secs(30))
             .await;

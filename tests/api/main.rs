@@ -2,6 +2,7 @@
 
 mod append;
 mod bench;
+mod bounds;
 mod cli;
 mod delete;
 mod embedded;
@@ -12,6 +13,7 @@ mod metrics;
 mod projection;
 mod read;
 mod restart;
+mod sandbox;
 mod security;
 mod server;
 mod subscribe;
