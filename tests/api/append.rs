@@ -521,3 +521,35 @@ async fn a_retry_in_the_same_group_as_its_original_is_a_replay() {
         .unwrap();
     assert_eq!(count, 3);
 }
+
+#[tokio::test]
+async fn json_that_jsonb_refuses_and_nul_metadata_are_invalid_argument_and_write_nothing() {
+    let mut app = TestApp::spawn().await;
+    // serde accepts a NUL escape, PostgreSQL's jsonb does not: every rebuild computing $data
+    // would fail on such an event, so it is refused at append.
+    let status = app
+        .append(append_request(
+            "s-1",
+            None,
+            vec![
+                json_event("Ok", "{}"),
+                json_event("Bad", r#"{"a":"\u0000"}"#),
+            ],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(violation_fields(&status), ["events[1].data"]);
+    let mut event = json_event("Ok", "{}");
+    event.metadata.insert("trace".into(), "a\0b".into());
+    let status = app
+        .append(append_request("s-1", None, vec![event]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(
+        violation_fields(&status),
+        [r#"events[0].metadata["trace"]"#]
+    );
+    assert!(app.read_all().await.is_empty());
+}
