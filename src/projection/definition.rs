@@ -157,6 +157,18 @@ impl Definition {
             ));
         }
         for (event_type, sql) in &self.handlers {
+            // How PostgreSQL splits text with a backslash into statements depends on
+            // standard_conforming_strings, which an earlier handler in the same call can change:
+            // a handler checked as one statement could run as several.
+            if sql.contains('\\') {
+                violations.push(FieldViolation::new(
+                    format!("handlers.{event_type}"),
+                    format!(
+                        "{source}: handler {event_type}: must not contain a backslash (use chr(92))"
+                    ),
+                ));
+                continue;
+            }
             if let Err(problem) = translate(sql, "t") {
                 violations.push(FieldViolation::new(
                     format!("handlers.{event_type}"),

@@ -312,6 +312,9 @@ impl RebuildRun<'_> {
                 .bind(active.version)
                 .execute(&mut *transaction)
                 .await?;
+                // TRUNCATE fires the table's triggers as the server: none may exist (the audit
+                // refuses them; handlers cannot make them), and this checks it again first.
+                super::sandbox::audit(&mut transaction, &active.definition).await?;
                 versions::truncate(&mut transaction, &active.definition, active.version).await?;
                 versions::bump_catalog(&mut transaction).await?;
                 transaction.commit().await?;

@@ -84,7 +84,15 @@ pub async fn run_setup(
     )))
     .execute(&mut *connection)
     .await?;
-    audit(connection, definition).await
+    audit(connection, definition).await?;
+    // The setup ran as the owner of the live versions' apply functions and could have replaced
+    // or altered them: install them again, as the server writes them.
+    for row in super::versions::versions(connection, &definition.name).await? {
+        if row.status != "retired" {
+            install_apply_function(connection, &row.definition, row.version).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Refuses (INVALID_ARGUMENT on `setup`) anything the projection's role made that could run
@@ -191,7 +199,7 @@ pub async fn apply(
          SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms};
          SELECT r_kind, r_count, r_position, r_type, r_message
            FROM {}({}, {}, {}, {});
-         RESET ALL;
+         RESET ALL; DISCARD TEMP;
          RELEASE SAVEPOINT highwater_sandbox",
         call.function,
         call.after,

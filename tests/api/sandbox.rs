@@ -145,6 +145,10 @@ async fn setup_sql_cannot_leave_its_sandbox() {
         "CREATE TABLE {{table}} (k text PRIMARY KEY); \
          ALTER DEFAULT PRIVILEGES GRANT ALL ON TABLES TO PUBLIC"
             .into(),
+        // The setup's own run-any-SQL wrapper, kept under an apply function's name.
+        "CREATE TABLE {{table}} (k text PRIMARY KEY); \
+         ALTER FUNCTION projection_p.highwater_setup(text) RENAME TO highwater_apply_v99"
+            .into(),
     ];
     for setup in &escapes {
         let status = refused(&mut admin, &with_setup("p", setup)).await;
@@ -269,6 +273,9 @@ async fn handler_sql_cannot_leave_its_sandbox() {
         "CREATE TEMP TABLE log_head (position bigint)",
         "SELECT 1 INTO TEMP log_head",
         "TRUNCATE public.events",
+        // One statement with standard_conforming_strings on, several with it off (which an
+        // earlier handler of the same call can set): backslashes are refused.
+        "INSERT INTO {{table}} (k) SELECT 'X\\' || '; CREATE FUNCTION projection_r.t() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$; DELETE FROM {{table}} WHERE '' = '' --'",
     ] {
         let status = refused(&mut admin, &with_handlers("r", &[("Go", handler)])).await;
         assert_eq!(
