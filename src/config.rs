@@ -53,6 +53,11 @@ pub struct ServeConfig {
     #[arg(long, env = "HIGHWATER_MAX_APPEND_BYTES", default_value_t = Limits::default().max_append_bytes)]
     pub max_append_bytes: usize,
 
+    /// Most events in one append request. A request is written under the log's lock, which
+    /// every appender waits for, so this bounds how long one request (or its resend) holds it.
+    #[arg(long, env = "HIGHWATER_MAX_APPEND_EVENTS", default_value_t = Limits::default().max_append_events as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_append_events: u32,
+
     /// Batches of new events kept for live subscribers. A subscriber that falls further behind
     /// (a slow client) goes back to reading history from the database, and skips nothing.
     #[arg(long, env = "HIGHWATER_LIVE_BUFFER_BATCHES", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
@@ -164,6 +169,7 @@ impl ServeConfig {
         Limits {
             max_event_bytes: self.max_event_bytes,
             max_append_bytes: self.max_append_bytes,
+            max_append_events: self.max_append_events as usize,
         }
     }
 }

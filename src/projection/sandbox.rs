@@ -212,6 +212,10 @@ pub async fn apply(
         .await
     {
         Ok(rows) => rows,
+        // A lost connection is no handler's failure: the caller's transaction is gone, and the
+        // caller retries (an append answers UNAVAILABLE), instead of failing or dead-lettering
+        // the events.
+        Err(error) if crate::error::is_connection_error(&error) => return Err(error.into()),
         Err(error) => {
             sqlx::raw_sql(
                 "ROLLBACK TO SAVEPOINT highwater_sandbox; RELEASE SAVEPOINT highwater_sandbox",

@@ -18,6 +18,9 @@ pub struct Limits {
     pub max_event_bytes: usize,
     /// The largest append request: the sum of its events' sizes, in bytes.
     pub max_append_bytes: usize,
+    /// The most events in one append request. It bounds the time an append (or its resend)
+    /// holds the log's lock, which every appender waits for (docs/ARCHITECTURE.md, "Bounds").
+    pub max_append_events: usize,
 }
 
 impl Default for Limits {
@@ -25,6 +28,7 @@ impl Default for Limits {
         Self {
             max_event_bytes: 1024 * 1024,
             max_append_bytes: 16 * 1024 * 1024,
+            max_append_events: 10_000,
         }
     }
 }
@@ -99,6 +103,18 @@ pub fn validate_append(input: AppendInput, limits: &Limits) -> Result<AppendRequ
             "events",
             "at least one event is required",
         ));
+    }
+    if input.events.len() > limits.max_append_events {
+        // Refused before any per-event work: the request's size is the problem.
+        violations.push(FieldViolation::new(
+            "events",
+            format!(
+                "request has {} events, over the per-request limit of {} events",
+                input.events.len(),
+                limits.max_append_events
+            ),
+        ));
+        return Err(Error::InvalidArgument(violations));
     }
 
     let mut seen_ids: HashMap<Uuid, usize> = HashMap::new();
@@ -322,6 +338,7 @@ mod tests {
         let limits = Limits {
             max_event_bytes: 20,
             max_append_bytes: 30,
+            max_append_events: 3,
         };
         let big = format!("\"{}\"", "x".repeat(20));
         assert_eq!(
@@ -336,5 +353,20 @@ mod tests {
             )),
             ["events"]
         );
+    }
+
+    #[test]
+    fn refuses_more_events_than_the_cap_before_reading_them() {
+        let limits = Limits {
+            max_append_events: 3,
+            ..Limits::default()
+        };
+        let four = (0..4).map(|_| event("{oops")).collect();
+        assert_eq!(
+            fields(validate_append(input("s", four), &limits)),
+            ["events"]
+        );
+        let three = (0..3).map(|_| event("{}")).collect();
+        assert!(validate_append(input("s", three), &limits).is_ok());
     }
 }

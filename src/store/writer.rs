@@ -26,6 +26,10 @@ use crate::{
 const MAX_GROUP_REQUESTS: usize = 512;
 /// The most event bytes written in one group (a group always takes at least one request).
 const MAX_GROUP_BYTES: usize = 32 * 1024 * 1024;
+/// The most events written in one group (a group always takes at least one request). With the
+/// per-request cap (`--max-append-events`), it bounds how long one group holds `log_head`
+/// (docs/ARCHITECTURE.md, "Bounds").
+const MAX_GROUP_EVENTS: usize = 10_000;
 /// Appends that may wait for the writer before callers are held back.
 const QUEUE_CAPACITY: usize = 4096;
 
@@ -90,17 +94,37 @@ async fn run(pool: PgPool, mut queue: mpsc::Receiver<Command>, sql_timeout: Dura
     let mut stop_ack = None;
     // Loaded before the first group, reloaded whenever the append function says it is stale.
     let mut catalog: Option<Catalog> = None;
+    // An append taken from the queue that did not fit in the previous group: it starts the next.
+    let mut carried: Option<Pending> = None;
     while stop_ack.is_none() {
-        let Some(first) = queue.recv().await else {
-            break;
+        let first = match carried.take() {
+            Some(pending) => Command::Append {
+                request: pending.request,
+                reply: pending.reply,
+            },
+            None => match queue.recv().await {
+                Some(command) => command,
+                None => break,
+            },
         };
-        let mut group = Vec::new();
+        let mut group: Vec<Pending> = Vec::new();
         let mut group_bytes = 0;
+        let mut group_events = 0;
         let mut next = Some(first);
         while let Some(command) = next.take() {
             match command {
                 Command::Append { request, reply } => {
-                    group_bytes += request_bytes(&request);
+                    let bytes = request_bytes(&request);
+                    let events = request.events.len();
+                    if !group.is_empty()
+                        && (group_bytes + bytes > MAX_GROUP_BYTES
+                            || group_events + events > MAX_GROUP_EVENTS)
+                    {
+                        carried = Some(Pending { request, reply });
+                        break;
+                    }
+                    group_bytes += bytes;
+                    group_events += events;
                     group.push(Pending { request, reply });
                 }
                 Command::Stop { done } => {
@@ -108,7 +132,7 @@ async fn run(pool: PgPool, mut queue: mpsc::Receiver<Command>, sql_timeout: Dura
                     break;
                 }
             }
-            if group.len() >= MAX_GROUP_REQUESTS || group_bytes >= MAX_GROUP_BYTES {
+            if group.len() >= MAX_GROUP_REQUESTS {
                 break;
             }
             next = queue.try_recv().ok();
@@ -116,6 +140,7 @@ async fn run(pool: PgPool, mut queue: mpsc::Receiver<Command>, sql_timeout: Dura
         if !group.is_empty() {
             debug!(
                 requests = group.len(),
+                events = group_events,
                 bytes = group_bytes,
                 "writing a group"
             );
@@ -164,14 +189,18 @@ async fn write_group(
             call_append(pool, &requests, current.version)
                 .await
                 .map(|rows| rows.into_iter().map(|(result, _)| result).collect())
+                .map_err(GroupFailure::Database)
         };
         match written {
-            Err(error) if is_stale_catalog(&error) && attempt < CATALOG_RETRIES => {
+            Err(GroupFailure::Database(error))
+                if is_stale_catalog(&error) && attempt < CATALOG_RETRIES =>
+            {
                 debug!("projection catalog changed; reloading");
                 *catalog = None;
                 attempt += 1;
             }
-            Err(error) => break Err(Error::from(error)),
+            Err(GroupFailure::Database(error)) => break Err(Error::from(error)),
+            Err(GroupFailure::Group(error)) => break Err(error),
             Ok(results) => break Ok(results),
         }
     };
@@ -228,13 +257,29 @@ fn is_stale_catalog(error: &sqlx::Error) -> bool {
 /// SQLSTATE raised by `highwater_append` when the caller's projection catalog is stale.
 const STALE_CATALOG: &str = "HW001";
 
+/// Why a whole group failed (as opposed to one of its requests).
+enum GroupFailure {
+    /// A statement of the group failed: classified by `Error::from` (a lost connection is
+    /// UNAVAILABLE), or retried when it says the projection catalog is stale.
+    Database(sqlx::Error),
+    /// Applying projections failed for a reason that is not the request's own, already
+    /// classified (UNAVAILABLE stays UNAVAILABLE, so clients retry).
+    Group(Error),
+}
+
+impl From<sqlx::Error> for GroupFailure {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Database(error)
+    }
+}
+
 /// With inline projections: one transaction for the group, a savepoint per request, so that a
 /// failing handler fails its own request only.
 async fn write_with_projections(
     pool: &PgPool,
     catalog: &Catalog,
     requests: &[&AppendRequest],
-) -> Result<Vec<Result<AppendResult>>, sqlx::Error> {
+) -> Result<Vec<Result<AppendResult>>, GroupFailure> {
     let mut transaction = pool.begin().await?;
     match write_requests(&mut transaction, catalog, requests).await {
         Ok(results) => {
@@ -253,7 +298,7 @@ async fn write_requests(
     transaction: &mut sqlx::PgConnection,
     catalog: &Catalog,
     requests: &[&AppendRequest],
-) -> Result<Vec<Result<AppendResult>>, sqlx::Error> {
+) -> Result<Vec<Result<AppendResult>>, GroupFailure> {
     let mut results = Vec::with_capacity(requests.len());
     for request in requests {
         sqlx::query("SAVEPOINT highwater_request")
@@ -272,25 +317,24 @@ async fn write_requests(
             }
             _ => result,
         };
-        match &outcome {
-            Err(Error::Unavailable(_)) | Err(Error::Internal(_)) => {
-                // Not a property of this request: let the group fail (and split) as a whole.
-                if let Err(error) = outcome {
-                    return Err(sqlx::Error::Protocol(error.to_string()));
-                }
+        match outcome {
+            // Not a property of this request: let the group fail (and split) as a whole.
+            Err(error @ (Error::Unavailable(_) | Error::Internal(_))) => {
+                return Err(GroupFailure::Group(error));
             }
-            Err(_) => {
+            Err(refused) => {
                 sqlx::query("ROLLBACK TO SAVEPOINT highwater_request")
                     .execute(&mut *transaction)
                     .await?;
+                results.push(Err(refused));
             }
-            Ok(_) => {
+            Ok(appended) => {
                 sqlx::query("RELEASE SAVEPOINT highwater_request")
                     .execute(&mut *transaction)
                     .await?;
+                results.push(Ok(appended));
             }
         }
-        results.push(outcome);
     }
     Ok(results)
 }

@@ -553,3 +553,97 @@ async fn json_that_jsonb_refuses_and_nul_metadata_are_invalid_argument_and_write
     );
     assert!(app.read_all().await.is_empty());
 }
+
+#[tokio::test]
+async fn an_id_resent_with_a_different_payload_is_already_exists_and_the_stored_event_stays() {
+    let mut app = TestApp::spawn().await;
+    let mut original = json_event("Placed", r#"{"total":10}"#);
+    original.metadata.insert("tenant".into(), "acme".into());
+    let first = app
+        .append(append_request("orders-7", None, vec![original.clone()]))
+        .await
+        .unwrap();
+    // The very same event again is a retry: the original answer.
+    assert_eq!(
+        app.append(append_request("orders-7", None, vec![original.clone()]))
+            .await
+            .unwrap(),
+        first
+    );
+
+    type Change = fn(&mut pb::ProposedEvent);
+    let variants: [(&str, Change); 4] = [
+        ("data", |e| e.data = br#"{"total":99}"#.to_vec().into()),
+        ("type", |e| e.r#type = "Cancelled".into()),
+        ("content type", |e| {
+            e.content_type = "application/vnd.x+json".into()
+        }),
+        ("metadata", |e| {
+            e.metadata.insert("tenant".into(), "other".into());
+        }),
+    ];
+    for (what, change) in variants {
+        let mut changed = original.clone();
+        change(&mut changed);
+        let status = app
+            .append(append_request("orders-7", None, vec![changed]))
+            .await
+            .expect_err(what);
+        assert_eq!(status.code(), Code::AlreadyExists, "{what}: {status:?}");
+        let (reason, metadata) = error_info(&status);
+        assert_eq!(reason, "DUPLICATE_EVENT_ID", "{what}");
+        assert_eq!(metadata["id"], original.id, "{what}");
+    }
+
+    let stored = app.read_all().await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].r#type, "Placed");
+    assert_eq!(&stored[0].data[..], br#"{"total":10}"#);
+    assert_eq!(stored[0].metadata["tenant"], "acme");
+}
+
+#[tokio::test]
+async fn concurrent_resends_of_one_append_write_it_once_and_a_changed_payload_is_refused() {
+    let app = TestApp::spawn().await;
+    // Sent at once, these queue together and the writer groups them, so the check also meets
+    // ids repeated within one group.
+    let events = vec![json_event("A", "1"), json_event("B", "2")];
+    let request = append_request("cart-1", None, events.clone());
+    let answers = futures::future::join_all((0..24).map(|_| {
+        let mut client = app.client.clone();
+        let request = request.clone();
+        async move { client.append(request).await.map(|r| r.into_inner()) }
+    }))
+    .await;
+    let first = answers[0].clone().unwrap();
+    for answer in &answers {
+        assert_eq!(answer.as_ref().unwrap(), &first);
+    }
+
+    let id = Uuid::now_v7().to_string();
+    let answers = futures::future::join_all((0..24).map(|i| {
+        let mut client = app.client.clone();
+        let mut event = json_event("C", &i.to_string());
+        event.id = id.clone();
+        async move {
+            client
+                .append(append_request("cart-2", None, vec![event]))
+                .await
+                .map(|r| r.into_inner())
+        }
+    }))
+    .await;
+    let written = answers.iter().filter(|a| a.is_ok()).count();
+    assert_eq!(written, 1, "{answers:?}");
+    for answer in answers.iter().filter_map(|a| a.as_ref().err()) {
+        assert_eq!(answer.code(), Code::AlreadyExists, "{answer:?}");
+    }
+
+    let mut app = app;
+    let stored = app.read_all().await;
+    assert_eq!(stored.len(), 3);
+    assert_eq!(
+        stored.iter().map(|e| e.position).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+}
