@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sqlx::{Connection, PgConnection};
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -85,6 +85,54 @@ const REBUILD_APPLICATION: &str = "highwater-rebuild";
 
 /// Once the backfill is this close to the head, the rest is applied in the cut-over transaction.
 const CUT_OVER_DISTANCE: u64 = 500;
+/// The most events the cut-over applies while it holds `log_head`: if appends moved the head
+/// further since the backfill stopped, the cut-over lets go and the backfill goes on.
+const CUT_OVER_MAX_EVENTS: u64 = 4 * CUT_OVER_DISTANCE;
+/// How long a rebuild waits for the read model's readers (for the ACCESS EXCLUSIVE lock of the
+/// view, or of the table an in-place rebuild empties) before it lets go and tries again. The lock
+/// is taken before `log_head`, so appends never wait for those readers; while it is queued, new
+/// readers of the read model wait behind it, at most this long.
+const READER_LOCK_TIMEOUT: Duration = Duration::from_millis(200);
+/// The longest pause between two attempts to take a read model's lock.
+const READER_RETRY_MAX_PAUSE: Duration = Duration::from_secs(2);
+
+/// How a cut-over attempt ended.
+enum CutOver {
+    Done,
+    /// The head moved more than `CUT_OVER_MAX_EVENTS` past the backfill: backfill again.
+    FellBehind,
+}
+
+/// Sets the lock timeout for the statements that wait for the read model's readers.
+async fn limit_reader_wait(connection: &mut PgConnection) -> Result<()> {
+    let sql = format!(
+        "SET LOCAL lock_timeout = {}",
+        READER_LOCK_TIMEOUT.as_millis()
+    );
+    sqlx::query(AssertSqlSafe(sql))
+        .execute(&mut *connection)
+        .await?;
+    Ok(())
+}
+
+/// Lifts the limit again, for the locks that follow (`log_head`, rows).
+async fn lift_reader_wait(connection: &mut PgConnection) -> Result<()> {
+    sqlx::query("SET LOCAL lock_timeout = DEFAULT")
+        .execute(&mut *connection)
+        .await?;
+    Ok(())
+}
+
+/// Pauses before the next attempt at a read model's lock, doubling up to a maximum.
+async fn pause_for_readers(pause: &mut Duration, name: &str, what: &str) {
+    info!(
+        projection = name,
+        waiting_for = what,
+        "readers of the read model hold its lock; trying again"
+    );
+    tokio::time::sleep(*pause).await;
+    *pause = (*pause * 2).min(READER_RETRY_MAX_PAUSE);
+}
 
 impl Projections {
     /// Starts (or joins, if this process runs it already) a rebuild; progress comes on the
@@ -221,8 +269,13 @@ impl RebuildRun<'_> {
         .execute(&mut self.connection)
         .await?;
 
-        self.backfill(&definition, version).await?;
-        self.cut_over(&definition, version, strategy).await?;
+        loop {
+            self.backfill(&definition, version).await?;
+            match self.cut_over(&definition, version, strategy).await? {
+                CutOver::Done => break,
+                CutOver::FellBehind => {}
+            }
+        }
         let replayed = if strategy == Strategy::InPlace {
             self.replay_skips(&definition, version).await?
         } else {
@@ -256,6 +309,12 @@ impl RebuildRun<'_> {
             };
             if strategy == Strategy::InPlace {
                 self.take_apply_lock(interrupted.version).await?;
+                // Nothing of this rebuild is applied yet, so the table may still hold what the
+                // version held before (the rebuild stopped before emptying it).
+                if interrupted.applied_position == 0 {
+                    self.empty_table(&interrupted.definition, interrupted.version)
+                        .await?;
+                }
             }
             return Ok((interrupted.clone(), strategy));
         }
@@ -312,16 +371,39 @@ impl RebuildRun<'_> {
                 .bind(active.version)
                 .execute(&mut *transaction)
                 .await?;
-                // TRUNCATE fires the table's triggers as the server: none may exist (the audit
-                // refuses them; handlers cannot make them), and this checks it again first.
-                super::sandbox::audit(&mut transaction, &active.definition).await?;
-                versions::truncate(&mut transaction, &active.definition, active.version).await?;
                 versions::bump_catalog(&mut transaction).await?;
                 transaction.commit().await?;
+                self.empty_table(&active.definition, active.version).await?;
                 let mut row = active;
                 row.status = "rebuilding".into();
                 row.applied_position = 0;
                 Ok((row, Strategy::InPlace))
+            }
+        }
+    }
+
+    /// Empties the table of a version an in-place rebuild owns (status `rebuilding`, its apply
+    /// lock held: appends record skips, the async worker idles, so nothing else writes it).
+    /// Outside `log_head`: TRUNCATE waits for the table's readers, and appends must not wait
+    /// with it; the wait is bounded and retried.
+    async fn empty_table(&mut self, definition: &Definition, version: i32) -> Result<()> {
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let mut transaction = self.connection.begin().await?;
+            // TRUNCATE fires the table's triggers as the server: none may exist (the audit
+            // refuses them; handlers cannot make them), and this checks it again first.
+            super::sandbox::audit(&mut transaction, definition).await?;
+            limit_reader_wait(&mut transaction).await?;
+            match versions::truncate(&mut transaction, definition, version).await {
+                Err(error) if versions::is_lock_timeout(&error) => {
+                    transaction.rollback().await?;
+                    pause_for_readers(&mut pause, self.name, "table").await;
+                }
+                other => {
+                    other?;
+                    transaction.commit().await?;
+                    return Ok(());
+                }
             }
         }
     }
@@ -386,8 +468,13 @@ impl RebuildRun<'_> {
                     p.phase = Phase::CatchingUp;
                 }
             });
-            if !full && head.saturating_sub(applied) <= CUT_OVER_DISTANCE {
-                return Ok(());
+            // Close enough when the head, read again now, is near: what committed while the
+            // batch ran is what the cut-over will apply under log_head.
+            if !full {
+                let now = versions::head(&mut self.connection).await?;
+                if now.saturating_sub(applied) <= CUT_OVER_DISTANCE {
+                    return Ok(());
+                }
             }
             if let Some(pause) = self.projections.settings.batch_pause {
                 tokio::time::sleep(pause).await;
@@ -401,16 +488,39 @@ impl RebuildRun<'_> {
         definition: &Definition,
         version: i32,
         strategy: Strategy,
-    ) -> Result<()> {
+    ) -> Result<CutOver> {
         self.progress.send_modify(|p| p.phase = Phase::CuttingOver);
-        let mut transaction = self.connection.begin().await?;
-        // Lock order (docs/ARCHITECTURE.md): the projections row, log_head, the version row.
-        sqlx::query("SELECT 1 FROM projections WHERE name = $1 FOR NO KEY UPDATE")
-            .bind(self.name)
-            .execute(&mut *transaction)
-            .await?;
+        let mut pause = Duration::from_millis(50);
+        let mut transaction = loop {
+            let mut transaction = self.connection.begin().await?;
+            // Lock order (docs/ARCHITECTURE.md): the projections row, the view, log_head, the
+            // version row. The view is pointed first, under a lock timeout: its ACCESS
+            // EXCLUSIVE lock waits for the read model's readers, and appends must not wait with
+            // it. No append touches a view, so holding it while waiting for log_head cannot
+            // deadlock.
+            sqlx::query("SELECT 1 FROM projections WHERE name = $1 FOR NO KEY UPDATE")
+                .bind(self.name)
+                .execute(&mut *transaction)
+                .await?;
+            limit_reader_wait(&mut transaction).await?;
+            match versions::point_view(&mut transaction, definition, version).await {
+                Err(error) if versions::is_lock_timeout(&error) => {
+                    transaction.rollback().await?;
+                    pause_for_readers(&mut pause, self.name, "view").await;
+                }
+                other => {
+                    other?;
+                    lift_reader_wait(&mut transaction).await?;
+                    break transaction;
+                }
+            }
+        };
         let head = versions::lock_head(&mut transaction).await?;
         let row = versions::lock_version(&mut transaction, self.name, version).await?;
+        if head.saturating_sub(row.applied_position) > CUT_OVER_MAX_EVENTS {
+            transaction.rollback().await?;
+            return Ok(CutOver::FellBehind);
+        }
         apply_range(
             &mut transaction,
             self.name,
@@ -447,7 +557,6 @@ impl RebuildRun<'_> {
             .bind(definition.mode.as_str())
             .execute(&mut *transaction)
             .await?;
-        versions::point_view(&mut transaction, definition, version).await?;
         if strategy == Strategy::InPlace {
             // Released inside the transaction that holds the log_head lock: no append can see the
             // version unlocked before this commit.
@@ -462,7 +571,7 @@ impl RebuildRun<'_> {
             p.position = head;
             p.head = head;
         });
-        Ok(())
+        Ok(CutOver::Done)
     }
 
     /// Applies skips recorded above applied_position (none, when the cut-over caught up with

@@ -162,12 +162,14 @@ pub async fn events_at(
         .collect()
 }
 
-/// Points the plain-named view at a version's table.
+/// Points the plain-named view at a version's table. Takes the view's ACCESS EXCLUSIVE lock,
+/// which waits for its readers: the raw database error is returned, so that a caller can tell a
+/// `lock_timeout` (SQLSTATE 55P03) from other failures.
 pub async fn point_view(
     connection: &mut PgConnection,
     definition: &Definition,
     version: i32,
-) -> Result<()> {
+) -> Result<(), sqlx::Error> {
     // Names are validated identifiers (definition::is_identifier): safe to format.
     // Replacing keeps the view's identity, so readers waiting on it carry on; when the columns
     // changed between versions, it is dropped and created again instead.
@@ -181,11 +183,15 @@ pub async fn point_view(
     )))
     .execute(&mut *connection)
     .await;
-    if replaced.is_ok() {
-        sqlx::query("RELEASE SAVEPOINT highwater_view")
-            .execute(&mut *connection)
-            .await?;
-        return Ok(());
+    match replaced {
+        Ok(_) => {
+            sqlx::query("RELEASE SAVEPOINT highwater_view")
+                .execute(&mut *connection)
+                .await?;
+            return Ok(());
+        }
+        Err(error) if is_lock_timeout(&error) => return Err(error),
+        Err(_) => {}
     }
     sqlx::query("ROLLBACK TO SAVEPOINT highwater_view")
         .execute(&mut *connection)
@@ -201,12 +207,18 @@ pub async fn point_view(
     Ok(())
 }
 
-/// Empties a version's table (in-place rebuild).
+/// Whether a statement gave up waiting for a lock (`lock_timeout`, SQLSTATE 55P03).
+pub fn is_lock_timeout(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03"))
+}
+
+/// Empties a version's table (in-place rebuild). Takes the table's ACCESS EXCLUSIVE lock, which
+/// waits for its readers; the raw database error is returned, as for `point_view`.
 pub async fn truncate(
     connection: &mut PgConnection,
     definition: &Definition,
     version: i32,
-) -> Result<()> {
+) -> Result<(), sqlx::Error> {
     let sql = format!("TRUNCATE {}", definition.table(version));
     sqlx::query(AssertSqlSafe(sql))
         .execute(&mut *connection)

@@ -165,7 +165,7 @@ pub(crate) async fn wait_active(
 }
 
 /// Runs a rebuild to its end; returns every progress message.
-async fn rebuild(
+pub(crate) async fn rebuild(
     admin: &mut AdminServiceClient<Channel>,
     name: &str,
     strategy: RebuildStrategy,
