@@ -18,8 +18,14 @@ use crate::error::{Error, Result};
 
 /// Rows fetched per page at most.
 pub const PAGE_ROWS: i64 = 1000;
-/// Event data bytes fetched per page at most (a page always holds at least one event).
+/// Event bytes fetched per page at most, counting everything sent of an event: data, metadata
+/// (as the JSON text it is sent as), stream, type and content type. A page always holds at
+/// least one event; it stops at the first event that starts at or past this bound.
 pub const PAGE_BYTES: i64 = 4 * 1024 * 1024;
+
+/// The bytes of an event that a page counts, as a SQL expression over the page's columns.
+pub const EVENT_BYTES_SQL: &str = "octet_length(limited.data) + octet_length(limited.metadata) \
+     + octet_length(limited.stream) + octet_length(limited.type) + octet_length(limited.content_type)";
 
 pub const COLUMNS: &str = "e.position, e.stream, e.revision, e.id, e.type, e.data, e.content_type, \
                        e.metadata::text AS metadata, \
@@ -101,15 +107,16 @@ impl ReadCursor {
             Direction::Backwards => ("<=", "DESC"),
         };
         // The innermost query takes up to `rows` keys; the window runs over those rows only, and
-        // the outer query keeps the prefix whose data fits in PAGE_BYTES (always the first row).
-        // octet_length reads the size without detoasting; rows left out are never detoasted.
+        // the outer query keeps the prefix that starts within PAGE_BYTES (always the first row).
+        // octet_length of data reads the size without detoasting; the metadata is counted as
+        // the text that is sent.
         let sql = format!(
             "SELECT * FROM (
                  SELECT limited.*,
-                        sum(limited.data_bytes) OVER (ORDER BY limited.{key_column} {order})
-                            - limited.data_bytes AS bytes_before
+                        sum({EVENT_BYTES_SQL}) OVER (ORDER BY limited.{key_column} {order})
+                            - ({EVENT_BYTES_SQL}) AS bytes_before
                    FROM (
-                       SELECT {COLUMNS}, octet_length(e.data) AS data_bytes
+                       SELECT {COLUMNS}
                          FROM events e
                         WHERE e.{key_column} {comparison} $1 {filter}
                         ORDER BY e.{key_column} {order}

@@ -171,3 +171,56 @@ async fn streams_larger_than_a_page_read_completely_in_order() {
         (2500..=2512).rev().collect::<Vec<_>>()
     );
 }
+
+/// A read page is bounded by every byte it sends, metadata included: with events whose data is
+/// tiny and whose metadata is large, a page stops once it reaches `PAGE_BYTES` (before, only
+/// data counted, and one page held all of them).
+#[tokio::test]
+async fn a_read_page_counts_metadata_towards_its_byte_bound() {
+    use highwater::store::{
+        model::Direction,
+        reader::{PAGE_BYTES, ReadCursor},
+    };
+
+    let mut app = TestApp::spawn().await;
+    let big = "m".repeat(700 * 1024);
+    let events: Vec<pb::ProposedEvent> = (0..12)
+        .map(|_| {
+            let mut event = json_event("Tagged", "{}");
+            event.metadata.insert("note".into(), big.clone());
+            event
+        })
+        .collect();
+    app.append(append_request("tagged", None, events))
+        .await
+        .unwrap();
+
+    let pool = sqlx::PgPool::connect(&app.database.url).await.unwrap();
+    let mut cursor = ReadCursor::all(pool, 0, Direction::Forwards, 0);
+    let mut pages = Vec::new();
+    loop {
+        let page = cursor.next_page().await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        pages.push(page);
+    }
+    let sizes: Vec<usize> = pages.iter().map(Vec::len).collect();
+    assert_eq!(sizes.iter().sum::<usize>(), 12);
+    for page in &pages {
+        let bytes = |e: &highwater::store::model::RecordedEvent| {
+            e.data.len()
+                + serde_json::to_string(&e.metadata).unwrap().len()
+                + e.stream.len()
+                + e.event_type.len()
+                + e.content_type.len()
+        };
+        let before_last: usize = page[..page.len() - 1].iter().map(bytes).sum();
+        assert!(
+            before_last < PAGE_BYTES as usize,
+            "a page of {} events starts its last event at byte {before_last}; pages {sizes:?}",
+            page.len()
+        );
+    }
+    assert!(pages.len() >= 2, "pages {sizes:?}");
+}
