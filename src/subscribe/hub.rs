@@ -1,7 +1,10 @@
 //! The hub: one LISTEN connection per process. On every commit notification it reads the new
 //! events once and broadcasts them to every live subscriber, so database work grows with
 //! wake-ups, not with subscribers. A lost LISTEN connection is reconnected, and what committed
-//! meanwhile is read at once.
+//! meanwhile is read at once. Notifications are only wake-ups (their payload is not trusted: any
+//! database user may NOTIFY); the head comes from `log_head`, which the hub also polls every
+//! second, pinging the LISTEN connection, so a silent connection neither stalls delivery nor
+//! stays (docs/ARCHITECTURE.md, "Bounds").
 
 use std::{
     sync::{
@@ -37,6 +40,12 @@ pub const CHANNEL: &str = "highwater_appended";
 pub const PROJECTIONS_CHANNEL: &str = "highwater_projections";
 /// Shown in `pg_stat_activity` for the hub's LISTEN connection.
 pub const APPLICATION_NAME: &str = "highwater-hub";
+/// How often the hub reads `log_head` without being told to: the safety net for notifications
+/// that never arrive (a LISTEN connection that died without an error, a dropped route).
+pub const HEAD_POLL: Duration = Duration::from_secs(1);
+/// How long the LISTEN connection may take to answer the ping sent with each poll before it is
+/// taken for dead (half-open) and replaced.
+const LISTEN_PING_TIMEOUT: Duration = Duration::from_secs(5);
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
@@ -72,8 +81,7 @@ impl Hub {
         let listen_pool = PgPoolOptions::new()
             .max_connections(1)
             .connect_lazy_with(options.clone().application_name(APPLICATION_NAME));
-        let mut listener = PgListener::connect_with(&listen_pool).await?;
-        listener.listen_all([CHANNEL, PROJECTIONS_CHANNEL]).await?;
+        let listener = listen(&listen_pool).await?;
         let head: i64 = sqlx::query_scalar("SELECT position FROM log_head")
             .fetch_one(&pool)
             .await?;
@@ -85,7 +93,7 @@ impl Hub {
             projection_changes: watch::Sender::new(0),
             registry,
         });
-        let task = tokio::spawn(hub.clone().follow(pool, listener, stop));
+        let task = tokio::spawn(hub.clone().follow(pool, listen_pool, listener, stop));
         Ok((hub, task))
     }
 
@@ -130,17 +138,20 @@ impl Hub {
     async fn follow(
         self: Arc<Self>,
         pool: PgPool,
+        listen_pool: PgPool,
         mut listener: PgListener,
         stop: watch::Receiver<bool>,
     ) {
+        let mut poll = tokio::time::interval(HEAD_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut delay = RETRY_FIRST;
         // Events may have committed between reading the head and listening.
-        let mut catch_up_to = Some(u64::MAX);
+        let mut catch_up = true;
         loop {
-            if let Some(target) = catch_up_to.take() {
-                if let Err(error) = self.read_new(&pool, target).await {
+            if std::mem::take(&mut catch_up) {
+                if let Err(error) = self.read_new(&pool).await {
                     warn!(%error, "hub cannot read new events; retrying");
-                    catch_up_to = Some(target);
+                    catch_up = true;
                     tokio::select! {
                         () = stopped(stop.clone()) => break,
                         _ = tokio::time::sleep(delay) => {}
@@ -153,22 +164,40 @@ impl Hub {
             let received = tokio::select! {
                 () = stopped(stop.clone()) => break,
                 received = listener.try_recv() => received,
+                _ = poll.tick() => {
+                    // Read the head whether or not a notification came, and check that the
+                    // LISTEN connection still answers; a silent one is replaced, LISTENing
+                    // again before what committed meanwhile is read.
+                    catch_up = true;
+                    let ping = tokio::time::timeout(
+                        LISTEN_PING_TIMEOUT,
+                        sqlx::query("SELECT 1").execute(&mut listener),
+                    )
+                    .await;
+                    if !matches!(ping, Ok(Ok(_))) {
+                        warn!("hub LISTEN connection does not answer; replacing it");
+                        crate::metrics::increment(&crate::metrics::RECORDED.hub_reconnects);
+                        match listen(&listen_pool).await {
+                            Ok(fresh) => listener = fresh,
+                            Err(error) => warn!(%error, "hub cannot LISTEN again yet"),
+                        }
+                        self.projections_changed();
+                    }
+                    continue;
+                }
             };
             match received {
                 Ok(Some(notification)) if notification.channel() == PROJECTIONS_CHANNEL => {
                     self.projections_changed();
                 }
-                Ok(Some(notification)) => {
-                    let target = notification.payload().parse::<u64>().unwrap_or(u64::MAX);
-                    if target > self.head() {
-                        catch_up_to = Some(target);
-                    }
-                }
+                // Only a wake-up: any database user may NOTIFY on the channel, so its payload
+                // is not trusted; the head is read from log_head.
+                Ok(Some(_)) => catch_up = true,
                 Ok(None) => {
                     info!(
                         "hub LISTEN connection was lost and is reconnected; reading what committed meanwhile"
                     );
-                    catch_up_to = Some(u64::MAX);
+                    catch_up = true;
                     self.projections_changed();
                     crate::metrics::increment(&crate::metrics::RECORDED.hub_reconnects);
                 }
@@ -179,7 +208,7 @@ impl Hub {
                         _ = tokio::time::sleep(delay) => {}
                     }
                     delay = (delay * 2).min(RETRY_MAX);
-                    catch_up_to = Some(u64::MAX);
+                    catch_up = true;
                     self.projections_changed();
                 }
             }
@@ -187,20 +216,19 @@ impl Hub {
         debug!("hub stopped");
     }
 
-    /// Reads and broadcasts everything committed above the head, at least up to `target` (the
-    /// head a notification announced; `u64::MAX`: until nothing more is found).
-    async fn read_new(&self, pool: &PgPool, target: u64) -> Result<()> {
+    /// Reads and broadcasts everything committed above the hub's head, up to the head stored in
+    /// `log_head` (read first: what it counts has committed).
+    async fn read_new(&self, pool: &PgPool) -> Result<()> {
+        let target = sqlx::query_scalar::<_, i64>("SELECT position FROM log_head")
+            .fetch_one(pool)
+            .await? as u64;
+        if target <= self.head() {
+            return Ok(());
+        }
         if self.batches.receiver_count() == 0 {
             // Nobody is live: only the head moves. A subscriber that joins later reads everything
             // up to the database's head in its catch-up, after joining, so it misses nothing.
-            let head = if target == u64::MAX {
-                sqlx::query_scalar::<_, i64>("SELECT position FROM log_head")
-                    .fetch_one(pool)
-                    .await? as u64
-            } else {
-                target
-            };
-            self.head.fetch_max(head, Ordering::AcqRel);
+            self.head.fetch_max(target, Ordering::AcqRel);
             self.head_changes.send_replace(self.head());
             return Ok(());
         }
@@ -210,7 +238,7 @@ impl Hub {
             let Some(last) = page.last().map(|event| event.position) else {
                 // Everything up to a notified head has committed; what is missing below it was
                 // erased by a hard delete since.
-                if target != u64::MAX && self.head() < target {
+                if self.head() < target {
                     self.head.store(target, Ordering::Release);
                     self.head_changes.send_replace(target);
                 }
@@ -224,4 +252,11 @@ impl Hub {
         }
         Ok(())
     }
+}
+
+/// A LISTEN connection on both channels.
+async fn listen(listen_pool: &PgPool) -> Result<PgListener> {
+    let mut listener = PgListener::connect_with(listen_pool).await?;
+    listener.listen_all([CHANNEL, PROJECTIONS_CHANNEL]).await?;
+    Ok(listener)
 }

@@ -735,3 +735,92 @@ async fn subscriptions_beyond_the_limit_are_refused_until_one_ends() {
         }
     }
 }
+
+/// Any database user may NOTIFY on the append channel (a projection's handler can call
+/// `pg_notify`). A forged notification announcing a far head must not move the hub's head past
+/// the log: before, the hub trusted the payload, jumped to it, and ignored every later commit.
+#[tokio::test]
+async fn a_forged_commit_notification_does_not_stop_live_delivery() {
+    let mut app = TestApp::spawn().await;
+    app.append(append_request("f", None, vec![json_event("E", "0")]))
+        .await
+        .unwrap();
+    let mut subscriber = subscribe(&mut app.client, None, None).await;
+    let mut received = Received::default();
+    receive_until(
+        &mut subscriber,
+        &mut received,
+        Duration::ZERO,
+        Duration::from_secs(10),
+        reached(1),
+    )
+    .await;
+
+    let mut connection = app.database.connect().await;
+    sqlx::query("SELECT pg_notify('highwater_appended', '9000000000')")
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let appended = app
+        .append(append_request("f", None, vec![json_event("E", "1")]))
+        .await
+        .unwrap();
+    receive_until(
+        &mut subscriber,
+        &mut received,
+        Duration::ZERO,
+        Duration::from_secs(10),
+        reached(appended.last_position),
+    )
+    .await;
+    assert_eq!(received.positions(), [1, 2]);
+}
+
+/// A commit whose notification never reaches the hub (a LISTEN connection that died without an
+/// error, a dropped route) still reaches live subscribers, through the hub's poll of the head
+/// every second (`HEAD_POLL`): asserted within 5 s. Simulated by committing an event straight
+/// into the log, without a notification.
+#[tokio::test]
+async fn a_commit_the_hub_was_not_told_of_reaches_live_subscribers_through_its_head_poll() {
+    let mut app = TestApp::spawn().await;
+    let mut subscriber = subscribe(&mut app.client, None, None).await;
+    let mut received = Received::default();
+    let first = app
+        .append(append_request("p", None, vec![json_event("E", "0")]))
+        .await
+        .unwrap();
+    receive_until(
+        &mut subscriber,
+        &mut received,
+        Duration::ZERO,
+        Duration::from_secs(10),
+        reached(first.last_position),
+    )
+    .await;
+
+    let mut connection = app.database.connect().await;
+    sqlx::raw_sql(
+        "BEGIN;
+         SELECT 1 FROM log_head FOR UPDATE;
+         INSERT INTO events (position, stream, revision, id, type, data, content_type, metadata, recorded_at)
+              VALUES (2, 'p', 1, gen_random_uuid(), 'E', '1', 'application/json', '{}', now());
+         UPDATE streams SET revision = 1, position = 2 WHERE stream = 'p';
+         UPDATE log_head SET position = 2;
+         COMMIT",
+    )
+    .execute(&mut connection)
+    .await
+    .unwrap();
+    let started = Instant::now();
+    receive_until(
+        &mut subscriber,
+        &mut received,
+        Duration::ZERO,
+        Duration::from_secs(5),
+        reached(2),
+    )
+    .await;
+    eprintln!("unannounced commit delivered after {:?}", started.elapsed());
+    assert_eq!(received.positions(), [1, 2]);
+}
