@@ -61,6 +61,10 @@ pub enum Error {
     #[error("{0}")]
     ResourceExhausted(String),
 
+    /// The caller's role does not allow this (beyond the per-method check of the token layer).
+    #[error("{0}")]
+    PermissionDenied(String),
+
     #[error("{0}")]
     Internal(String),
 
@@ -160,6 +164,7 @@ impl From<Error> for Status {
             Error::FailedPrecondition(_) => Status::failed_precondition(message),
             Error::Unavailable(_) => Status::unavailable(message),
             Error::ResourceExhausted(_) => Status::resource_exhausted(message),
+            Error::PermissionDenied(_) => Status::permission_denied(message),
             Error::Internal(_) | Error::Startup(_) => {
                 tracing::error!(error = %message, "internal error");
                 Status::internal(message)

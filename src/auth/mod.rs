@@ -123,7 +123,7 @@ impl Tokens {
         &self,
         authorization: Option<&[u8]>,
         needs: Role,
-    ) -> std::result::Result<(), Denied> {
+    ) -> std::result::Result<Role, Denied> {
         let header = authorization.ok_or(Denied::Unauthenticated("missing bearer token"))?;
         let presented = header
             .strip_prefix(b"Bearer ")
@@ -147,7 +147,7 @@ impl Tokens {
                 needs,
             });
         }
-        Ok(())
+        Ok(token.role)
     }
 }
 
@@ -222,8 +222,14 @@ mod tests {
     #[test]
     fn roles_include_the_lower_ones_and_unknown_tokens_are_unauthenticated() {
         let tokens = tokens();
-        assert_eq!(tokens.check(Some(b"Bearer w-secret"), Role::Read), Ok(()));
-        assert_eq!(tokens.check(Some(b"Bearer w-secret"), Role::Write), Ok(()));
+        assert_eq!(
+            tokens.check(Some(b"Bearer w-secret"), Role::Read),
+            Ok(Role::Write)
+        );
+        assert_eq!(
+            tokens.check(Some(b"Bearer w-secret"), Role::Write),
+            Ok(Role::Write)
+        );
         assert!(matches!(
             tokens.check(Some(b"Bearer r-secret"), Role::Write),
             Err(Denied::Forbidden {

@@ -9,7 +9,14 @@ use tower::Service;
 use tracing::debug;
 
 use super::middleware::{Around, BoxFuture};
-use crate::auth::{Denied, Tokens, required_role};
+use crate::auth::{Denied, Role, Tokens, required_role};
+
+/// The role of the token a request came with, in the request's extensions. Absent when no tokens
+/// are configured (every caller may do everything).
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub role: Role,
+}
 
 /// The token check; with no tokens configured, lets all through.
 #[derive(Clone)]
@@ -24,19 +31,32 @@ impl Authenticate {
 }
 
 impl Around for Authenticate {
-    fn around<S>(&self, mut inner: S, request: Request<Body>) -> BoxFuture<Response<Body>, S::Error>
+    fn around<S>(
+        &self,
+        mut inner: S,
+        mut request: Request<Body>,
+    ) -> BoxFuture<Response<Body>, S::Error>
     where
         S: Service<Request<Body>, Response = Response<Body>> + Send + 'static,
         S::Future: Send + 'static,
     {
-        let refused = self.tokens.as_ref().and_then(|tokens| {
+        let checked = self.tokens.as_ref().and_then(|tokens| {
             let needs = required_role(request.uri().path())?;
             let header = request
                 .headers()
                 .get(http::header::AUTHORIZATION)
                 .map(|value| value.as_bytes());
-            tokens.check(header, needs).err()
+            Some(tokens.check(header, needs))
         });
+        let refused = match checked {
+            Some(Ok(role)) => {
+                // Handlers that allow more to higher roles read it (see `Caller`).
+                request.extensions_mut().insert(Caller { role });
+                None
+            }
+            Some(Err(denied)) => Some(denied),
+            None => None,
+        };
         match refused {
             None => Box::pin(inner.call(request)),
             Some(denied) => {

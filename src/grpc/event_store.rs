@@ -9,14 +9,15 @@ use std::pin::Pin;
 
 use tokio_stream::{Stream, StreamExt};
 
-use super::{ReadyCore, convert};
+use super::{ReadyCore, auth::Caller, convert};
 use crate::{
+    auth::Role,
     pb::{self, event_store_service_server::EventStoreService as EventStoreApi},
     store::{
         deletion::Deletion,
         reader::{Prefetch, ReadCursor},
     },
-    subscribe::SubscriptionMessage,
+    subscribe::{DurableAccess, SubscriptionMessage},
 };
 
 /// Read responses buffered ahead of a slow client, per read.
@@ -98,13 +99,24 @@ impl EventStoreApi for EventStoreService {
         &self,
         request: Request<pb::SubscribeAllRequest>,
     ) -> Result<Response<Self::SubscribeAllStream>, Status> {
+        // Creating a durable subscription stores a row until it is deleted: a write, like
+        // saving its checkpoint. A read token may resume existing ones.
+        let durable = match request.extensions().get::<Caller>() {
+            Some(caller) if caller.role < Role::Write => DurableAccess::ResumeOnly,
+            _ => DurableAccess::Create,
+        };
         let request = request.into_inner();
         let (start, filter) = convert::subscribe_all(&request);
         let subscription = self
             .core
             .get()?
             .subscriptions
-            .subscribe_all(start, filter, u64::from(request.checkpoint_interval))
+            .subscribe_all(
+                start,
+                filter,
+                u64::from(request.checkpoint_interval),
+                durable,
+            )
             .await?;
         Ok(Response::new(subscription_stream(
             subscription,

@@ -34,6 +34,20 @@ pub async fn open(pool: &PgPool, name: &str) -> Result<u64> {
     Ok(position as u64)
 }
 
+/// The stored checkpoint of `name`, which must exist (for callers that may not create one).
+pub async fn existing(pool: &PgPool, name: &str) -> Result<u64> {
+    let position: Option<i64> =
+        sqlx::query_scalar("SELECT position FROM subscriptions WHERE name = $1")
+            .bind(name)
+            .fetch_optional(pool)
+            .await?;
+    position.map(|p| p as u64).ok_or_else(|| {
+        Error::PermissionDenied(format!(
+            "durable subscription {name:?} does not exist, and creating one needs the write role"
+        ))
+    })
+}
+
 /// Refuses a position past the log's last one: a checkpoint or start from another database (or a
 /// client's bug) would otherwise silently skip the events later committed up to it.
 pub async fn check_within_log(pool: &PgPool, field: &str, position: u64) -> Result<()> {

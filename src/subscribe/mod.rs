@@ -22,6 +22,17 @@ use subscriber::{Follower, Target};
 
 /// Messages queued for one subscriber's client before the subscriber waits for it.
 const OUTBOX_CAPACITY: usize = 256;
+/// What a caller may do with a durable subscription named in `SubscribeAll`. Each durable
+/// subscription is a row kept until deleted, so creating one is a write (as saving its
+/// checkpoint is); resuming an existing one is a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DurableAccess {
+    /// Resume it, creating it at the start of the log when it does not exist.
+    Create,
+    /// Resume it only if it exists (PERMISSION_DENIED otherwise).
+    ResumeOnly,
+}
+
 /// The default checkpoint interval, in scanned events.
 pub const DEFAULT_CHECKPOINT_INTERVAL: u64 = 1000;
 
@@ -93,6 +104,7 @@ impl Subscriptions {
         start: AllStart,
         filter: Filter,
         checkpoint_interval: u64,
+        durable: DurableAccess,
     ) -> Result<Subscription> {
         let (name, after) = match start {
             AllStart::After(position) => {
@@ -102,7 +114,10 @@ impl Subscriptions {
             AllStart::End => (None, None),
             AllStart::Durable(name) => {
                 check_name("subscription", &name)?;
-                let position = checkpoints::open(&self.pool, &name).await?;
+                let position = match durable {
+                    DurableAccess::Create => checkpoints::open(&self.pool, &name).await?,
+                    DurableAccess::ResumeOnly => checkpoints::existing(&self.pool, &name).await?,
+                };
                 (Some(name), Some(position))
             }
         };

@@ -625,3 +625,69 @@ async fn tokens_given_inline_with_auth_tokens_are_enforced() {
         .expect("an empty token list is refused");
     assert!(empty.to_string().contains("--auth-tokens"), "{empty}");
 }
+
+/// A durable subscription is a row kept until deleted, so creating one is a write: a read token
+/// may resume an existing durable subscription but not create one (PERMISSION_DENIED, and no
+/// row is stored); a write token creates it.
+#[tokio::test]
+async fn a_read_token_resumes_durable_subscriptions_but_cannot_create_them() {
+    use pb::subscribe_all_request::Start;
+
+    let folder = tempfile::tempdir().unwrap();
+    let auth_file = folder.path().join("auth.toml");
+    let mut file = String::new();
+    for role in ["read", "write"] {
+        file.push_str(&format!(
+            "[[token]]\nname = \"{role}-token\"\nrole = \"{role}\"\nsha256 = \"{}\"\n",
+            hash_token(&format!("secret-{role}"))
+        ));
+    }
+    std::fs::write(&auth_file, file).unwrap();
+    let app = TestApp::spawn_with(&["--auth-file", auth_file.to_str().unwrap()]).await;
+    let channel = Channel::from_shared(app.server.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let client = |role: &str| {
+        EventStoreServiceClient::new(InterceptedService::new(
+            channel.clone(),
+            Bearer(Some(format!("Bearer secret-{role}").parse().unwrap())),
+        ))
+    };
+    let durable = |name: &str| pb::SubscribeAllRequest {
+        start: Some(Start::Subscription(name.into())),
+        ..Default::default()
+    };
+
+    let refused = client("read")
+        .subscribe_all(durable("made-by-reader"))
+        .await
+        .expect_err("a read token cannot create a durable subscription");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("write role"), "{refused:?}");
+    let mut connection = app.database.connect().await;
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM subscriptions")
+        .fetch_one(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0);
+
+    drop(
+        client("write")
+            .subscribe_all(durable("shared"))
+            .await
+            .expect("a write token creates it"),
+    );
+    drop(
+        client("read")
+            .subscribe_all(durable("shared"))
+            .await
+            .expect("a read token resumes an existing one"),
+    );
+    let names: Vec<String> = sqlx::query_scalar("SELECT name FROM subscriptions")
+        .fetch_all(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(names, ["shared"]);
+}
