@@ -218,6 +218,21 @@ impl Projections {
         let mut build = false;
         match existing.iter().find(|v| v.version == definition.version) {
             Some(same) if same_definition(&same.definition, &definition) => {}
+            // A version number means one definition: this number is a rebuild's copy of an
+            // older version, and other handlers under it would change the copy without a build.
+            Some(versions::VersionRow {
+                rebuilt_from: Some(copied),
+                ..
+            }) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "{}: version {} of {} was made by a rebuild of version {}; register version {}",
+                    source(&definition),
+                    definition.version,
+                    definition.name,
+                    copied,
+                    newest + 1
+                )));
+            }
             Some(same)
                 if same.definition.setup == definition.setup
                     && same.definition.mode == definition.mode =>
@@ -229,19 +244,26 @@ impl Projections {
                 // Lock order, everywhere: the projections row, then log_head, then
                 // projection_versions rows (inline appends take the last two in that order).
                 versions::bump_catalog(&mut transaction).await?;
-                sqlx::query(
+                // A failed active version (a rebuild in place that failed, or an audit) has a
+                // gap: it stopped at applied_position while appends recorded skips. It is not
+                // made active again as it stands (the inline claim would jump over the gap and
+                // the skips would stay pending): it resumes as an in-place rebuild from
+                // applied_position, which applies the gap and replays the skips.
+                let status: Option<String> = sqlx::query_scalar(
                     "UPDATE projection_versions
                         SET definition = $3, updated_at = now(),
                             status = CASE WHEN status = 'failed' AND last_error IS NOT NULL
                                            AND EXISTS (SELECT 1 FROM projections p WHERE p.name = $1 AND p.active_version = $2)
-                                          THEN 'active' ELSE status END
-                      WHERE name = $1 AND version = $2",
+                                          THEN 'rebuilding' ELSE status END
+                      WHERE name = $1 AND version = $2
+                      RETURNING status",
                 )
                 .bind(&definition.name)
                 .bind(definition.version)
                 .bind(&stored)
-                .execute(&mut *transaction)
+                .fetch_optional(&mut *transaction)
                 .await?;
+                build = same.status == "failed" && status.as_deref() == Some("rebuilding");
                 info!(projection = %definition.name, version = definition.version, "projection handlers updated");
             }
             Some(_) => {
@@ -273,6 +295,18 @@ impl Projections {
                 .bind(&definition.name)
                 .bind(definition.version)
                 .bind(&stored)
+                .execute(&mut *transaction)
+                .await?;
+                // Versions only move forward: older versions still waiting to be built are
+                // superseded (a rebuild building one stops at its next batch).
+                sqlx::query(
+                    "UPDATE projection_versions
+                        SET status = 'retired', last_error = $3, updated_at = now()
+                      WHERE name = $1 AND version < $2 AND status = 'building'",
+                )
+                .bind(&definition.name)
+                .bind(definition.version)
+                .bind(format!("superseded by version {}", definition.version))
                 .execute(&mut *transaction)
                 .await?;
                 build = true;
@@ -402,6 +436,15 @@ impl Projections {
         };
         let mut transaction = connection.begin().await?;
         let row = versions::lock_version(&mut transaction, name, active).await?;
+        // A version being rebuilt in place is replayed from the start: its events are applied
+        // by the rebuild, and retrying them too would apply them twice.
+        if row.status != "active" {
+            transaction.rollback().await?;
+            return Err(Error::FailedPrecondition(format!(
+                "projection {name} version {active} is {}; retry dead letters once it is active",
+                row.status
+            )));
+        }
         let letters: Vec<(i64, i64)> = sqlx::query_as(
             "SELECT id, position FROM system_messages
               WHERE projection = $1 AND version = $2 AND kind = 'dead_letter' AND archived_at IS NULL

@@ -103,6 +103,13 @@ enum CutOver {
     FellBehind,
 }
 
+/// The end of a rebuild whose version a newer registration retired while it was built.
+fn superseded(name: &str, version: i32) -> Error {
+    Error::FailedPrecondition(format!(
+        "version {version} of {name} was superseded by a newer version registered during its rebuild"
+    ))
+}
+
 /// Sets the lock timeout for the statements that wait for the read model's readers.
 async fn limit_reader_wait(connection: &mut PgConnection) -> Result<()> {
     let sql = format!(
@@ -343,11 +350,13 @@ impl RebuildRun<'_> {
                 let mut definition = active.definition.clone();
                 definition.version = next;
                 sqlx::query(
-                    "INSERT INTO projection_versions (name, version, definition, status) VALUES ($1, $2, $3, 'building')",
+                    "INSERT INTO projection_versions (name, version, definition, status, rebuilt_from)
+                     VALUES ($1, $2, $3, 'building', $4)",
                 )
                 .bind(self.name)
                 .bind(next)
                 .bind(serde_json::to_value(&definition).map_err(|e| Error::Internal(e.to_string()))?)
+                .bind(active.version)
                 .execute(&mut *transaction)
                 .await?;
                 transaction.commit().await?;
@@ -366,6 +375,18 @@ impl RebuildRun<'_> {
                 sqlx::query(
                     "UPDATE projection_versions SET status = 'rebuilding', applied_position = 0, updated_at = now()
                       WHERE name = $1 AND version = $2",
+                )
+                .bind(self.name)
+                .bind(active.version)
+                .execute(&mut *transaction)
+                .await?;
+                // The replay applies every event again and dead-letters again what still
+                // fails: the version's pending dead letters are superseded. Left pending, a
+                // later RetryDeadLetters would apply their events a second time.
+                sqlx::query(
+                    "UPDATE system_messages SET archived_at = clock_timestamp()
+                      WHERE projection = $1 AND version = $2 AND kind = 'dead_letter'
+                        AND archived_at IS NULL",
                 )
                 .bind(self.name)
                 .bind(active.version)
@@ -431,6 +452,10 @@ impl RebuildRun<'_> {
             let mut transaction = self.connection.begin().await?;
             let head = versions::head(&mut transaction).await?;
             let row = versions::lock_version(&mut transaction, self.name, version).await?;
+            if row.status == "retired" {
+                transaction.rollback().await?;
+                return Err(superseded(self.name, version));
+            }
             let done = apply_range(
                 &mut transaction,
                 self.name,
@@ -502,6 +527,10 @@ impl RebuildRun<'_> {
                 .bind(self.name)
                 .execute(&mut *transaction)
                 .await?;
+            if strategy == Strategy::InPlace {
+                // The view already shows this version's table: nothing to lock.
+                break transaction;
+            }
             limit_reader_wait(&mut transaction).await?;
             match versions::point_view(&mut transaction, definition, version).await {
                 Err(error) if versions::is_lock_timeout(&error) => {
@@ -517,6 +546,11 @@ impl RebuildRun<'_> {
         };
         let head = versions::lock_head(&mut transaction).await?;
         let row = versions::lock_version(&mut transaction, self.name, version).await?;
+        // Versions only move forward: one registered while this one was built replaced it.
+        if row.status == "retired" {
+            transaction.rollback().await?;
+            return Err(superseded(self.name, version));
+        }
         if head.saturating_sub(row.applied_position) > CUT_OVER_MAX_EVENTS {
             transaction.rollback().await?;
             return Ok(CutOver::FellBehind);

@@ -22,11 +22,13 @@ pub struct VersionRow {
     pub heartbeat_us: Option<i64>,
     pub events_per_second: Option<f64>,
     pub last_error: Option<String>,
+    /// The version a blue/green rebuild copied, for versions AdminRebuild made.
+    pub rebuilt_from: Option<i32>,
 }
 
 const VERSION_COLUMNS: &str = "name, version, definition, status, applied_position, rebuild_strategy, \
      rebuild_owner, rebuild_head, (extract(epoch FROM heartbeat_at) * 1000000)::bigint AS heartbeat_us, \
-     events_per_second, last_error";
+     events_per_second, last_error, rebuilt_from";
 
 fn decode_version(row: &sqlx::postgres::PgRow) -> Result<VersionRow> {
     let name: String = row.try_get("name")?;
@@ -47,6 +49,7 @@ fn decode_version(row: &sqlx::postgres::PgRow) -> Result<VersionRow> {
         heartbeat_us: row.try_get("heartbeat_us")?,
         events_per_second: row.try_get("events_per_second")?,
         last_error: row.try_get("last_error")?,
+        rebuilt_from: row.try_get("rebuilt_from")?,
     })
 }
 

@@ -93,7 +93,12 @@ impl Hub {
             projection_changes: watch::Sender::new(0),
             registry,
         });
-        let task = tokio::spawn(hub.clone().follow(pool, listen_pool, listener, stop));
+        let listen_options = options.clone().application_name(APPLICATION_NAME);
+        let task =
+            tokio::spawn(
+                hub.clone()
+                    .follow(pool, listen_options, listen_pool, listener, stop),
+            );
         Ok((hub, task))
     }
 
@@ -138,7 +143,8 @@ impl Hub {
     async fn follow(
         self: Arc<Self>,
         pool: PgPool,
-        listen_pool: PgPool,
+        listen_options: PgConnectOptions,
+        mut listen_pool: PgPool,
         mut listener: PgListener,
         stop: watch::Receiver<bool>,
     ) {
@@ -177,8 +183,23 @@ impl Hub {
                     if !matches!(ping, Ok(Ok(_))) {
                         warn!("hub LISTEN connection does not answer; replacing it");
                         crate::metrics::increment(&crate::metrics::RECORDED.hub_reconnects);
-                        match listen(&listen_pool).await {
-                            Ok(fresh) => listener = fresh,
+                        // A pool of its own: the silent connection still holds the old pool's
+                        // one slot, and closing it could wait on the dead socket.
+                        let fresh_pool = PgPoolOptions::new()
+                            .max_connections(1)
+                            .acquire_timeout(LISTEN_PING_TIMEOUT)
+                            .connect_lazy_with(listen_options.clone());
+                        match listen(&fresh_pool).await {
+                            Ok(fresh) => {
+                                let old = std::mem::replace(&mut listener, fresh);
+                                let old_pool = std::mem::replace(&mut listen_pool, fresh_pool);
+                                // Dropped aside, so that a hung UNLISTEN on the dead socket
+                                // never holds up the hub.
+                                tokio::spawn(async move {
+                                    drop(old);
+                                    old_pool.close().await;
+                                });
+                            }
                             Err(error) => warn!(%error, "hub cannot LISTEN again yet"),
                         }
                         self.projections_changed();

@@ -647,3 +647,45 @@ async fn concurrent_resends_of_one_append_write_it_once_and_a_changed_payload_is
         [1, 2, 3]
     );
 }
+
+/// One group (one call of the append function, as the writer makes it) where an id comes three
+/// times: refused in the first request (wrong expected revision), accepted in the second, and
+/// the third is a replay of the second when it is the same event (another stream: ALREADY_EXISTS).
+/// Before migration 0012 the third was accepted again and the group failed on the unique index.
+#[tokio::test]
+async fn an_id_repeated_across_a_group_after_a_refused_request_is_a_replay_not_a_second_write() {
+    let mut app = TestApp::spawn().await;
+    app.append(append_request("taken", None, vec![json_event("E", "{}")]))
+        .await
+        .unwrap();
+    let mut connection = app.database.connect().await;
+    for (third_stream, expected_third) in [("s-a", 1i16), ("s-other", 3)] {
+        let id = Uuid::now_v7();
+        let second_stream = if third_stream == "s-a" { "s-a" } else { "s-b" };
+        let outcomes: Vec<(i32, i16)> = sqlx::query_as(
+            "SELECT r_request, r_outcome FROM highwater_append(
+                 ARRAY['taken', $2, $3], ARRAY[1, 0, 0]::smallint[], ARRAY[NULL, NULL, NULL]::bigint[],
+                 ARRAY[1, 1, 1], ARRAY[$1, $1, $1]::uuid[], ARRAY['E', 'E', 'E'],
+                 ARRAY['\\x7b7d', '\\x7b7d', '\\x7b7d']::bytea[],
+                 ARRAY['application/json', 'application/json', 'application/json'],
+                 ARRAY['{}', '{}', '{}']::jsonb[],
+                 (SELECT catalog_version FROM log_head))",
+        )
+        .bind(id)
+        .bind(second_stream)
+        .bind(third_stream)
+        .fetch_all(&mut connection)
+        .await
+        .unwrap();
+        assert_eq!(
+            outcomes,
+            [(1, 2), (2, 0), (3, expected_third)],
+            "{third_stream}"
+        );
+    }
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(stored, 3);
+}

@@ -768,3 +768,273 @@ async fn a_hard_deleted_stream_stays_in_a_read_model_until_it_is_rebuilt() {
     assert!(!rebuilt.contains_key("cart-0-3"), "{rebuilt:?}");
     assert_eq!(rebuilt, fold(&log));
 }
+
+/// An in-place rebuild applies every event again, the dead-lettered ones included (with the
+/// handlers of that time), so the version's pending dead letters are archived when it starts: a
+/// RetryDeadLetters afterwards has nothing to apply twice. The oracle is the fold of the log.
+#[tokio::test]
+async fn retrying_dead_letters_after_an_in_place_rebuild_applies_nothing_twice() {
+    let register = |toml: &str| pb::RegisterProjectionRequest {
+        source: Some(pb::register_projection_request::Source::Toml(toml.into())),
+    };
+    let mut app = TestApp::spawn().await;
+    let mut admin = admin(app.server.endpoint()).await;
+    let inline = COUNTER_V1.replace("mode = \"async\"", "mode = \"inline\"");
+    admin.register_projection(register(&inline)).await.unwrap();
+    wait_active(&mut admin, "counter", 1, Duration::from_secs(10)).await;
+    for n in ["1", "2", "\"seven\"", "3"] {
+        app.append(append_request(
+            "r-a",
+            None,
+            vec![json_event("Counted", &format!(r#"{{"n":{n}}}"#))],
+        ))
+        .await
+        .unwrap();
+    }
+    assert_eq!(projection(&mut admin, "counter").await.dead_letters, 1);
+
+    let fixed = inline.replace(
+        "($data->>'n')::int",
+        "(CASE WHEN $data->>'n' = 'seven' THEN 7 ELSE ($data->>'n')::int END)",
+    );
+    admin.register_projection(register(&fixed)).await.unwrap();
+    let progress = rebuild(&mut admin, "counter", RebuildStrategy::InPlace).await;
+    assert_eq!(
+        progress.last().unwrap().phase(),
+        Phase::Done,
+        "{progress:?}"
+    );
+    assert_eq!(projection(&mut admin, "counter").await.dead_letters, 0);
+
+    let retried = admin
+        .retry_dead_letters(pb::RetryDeadLettersRequest {
+            projection: "counter".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((retried.applied, retried.still_failing), (0, 0));
+    let mut connection = app.database.connect().await;
+    let total: i64 =
+        sqlx::query_scalar("SELECT total FROM projections.counter WHERE stream = 'r-a'")
+            .fetch_one(&mut connection)
+            .await
+            .unwrap();
+    assert_eq!(total, 1 + 2 + 7 + 3, "each event applied once");
+}
+
+/// A rebuild in place that fails leaves the version failed at the batch it reached, while
+/// appends record skips. Registering fixed handlers resumes the rebuild from there (before, it
+/// made the version active as it stood: the inline claim jumped over the gap, and the skips
+/// stayed pending for ever). The oracle is the fold of the log.
+#[tokio::test]
+async fn fixing_a_failed_in_place_rebuild_resumes_it_and_leaves_no_gap() {
+    let register = |toml: &str| pb::RegisterProjectionRequest {
+        source: Some(pb::register_projection_request::Source::Toml(toml.into())),
+    };
+    let mut app = TestApp::spawn_with(&["--projection-batch-size", "10"]).await;
+    let mut admin = admin(app.server.endpoint()).await;
+    let definition = |n_expression: &str| {
+        COUNTER_V1
+            .replace("mode = \"async\"", "mode = \"inline\"")
+            .replace("on_error = \"skip\"", "on_error = \"fail\"")
+            .replace("($data->>'n')::int", n_expression)
+    };
+    admin
+        .register_projection(register(&definition("($data->>'n')::int")))
+        .await
+        .unwrap();
+    wait_active(&mut admin, "counter", 1, Duration::from_secs(10)).await;
+    let append = async |app: &mut TestApp, n: i64| {
+        app.append(append_request(
+            &format!("g-{}", n % 3),
+            None,
+            vec![json_event("Counted", &format!(r#"{{"n":{n}}}"#))],
+        ))
+        .await
+        .unwrap();
+    };
+    for n in 1..=30 {
+        append(&mut app, n).await;
+    }
+
+    // Handlers that fail on the event with n = 25: the rebuild in place fails past its first
+    // batches.
+    admin
+        .register_projection(register(&definition(
+            "(($data->>'n')::int + 0 / (($data->>'n')::int - 25))",
+        )))
+        .await
+        .unwrap();
+    let progress = rebuild(&mut admin, "counter", RebuildStrategy::InPlace).await;
+    assert_eq!(
+        progress.last().unwrap().phase(),
+        Phase::Failed,
+        "{progress:?}"
+    );
+    let failed = projection(&mut admin, "counter").await;
+    assert!(
+        failed.applied_position > 0 && failed.applied_position < 30,
+        "{failed:?}"
+    );
+    // Appends meanwhile record skips.
+    for n in 31..=36 {
+        append(&mut app, n).await;
+    }
+
+    admin
+        .register_projection(register(&definition("($data->>'n')::int")))
+        .await
+        .unwrap();
+    let mut connection = app.database.connect().await;
+    let expected: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT stream, sum((convert_from(data, 'UTF8')::jsonb->>'n')::bigint)::bigint
+           FROM events GROUP BY stream ORDER BY stream",
+    )
+    .fetch_all(&mut connection)
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let model: Vec<(String, i64)> =
+            sqlx::query_as("SELECT stream, total FROM projections.counter ORDER BY stream")
+                .fetch_all(&mut connection)
+                .await
+                .unwrap();
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM system_messages WHERE archived_at IS NULL")
+                .fetch_one(&mut connection)
+                .await
+                .unwrap();
+        let info = projection(&mut admin, "counter").await;
+        if model == expected && pending == 0 && info.status == "active" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "model {model:?}, fold {expected:?}, pending messages {pending}, {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And appends apply inline again.
+    append(&mut app, 37).await;
+    let total: i64 = sqlx::query_scalar("SELECT sum(total)::bigint FROM projections.counter")
+        .fetch_one(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(total, (1..=37).sum::<i64>());
+}
+
+fn tally(version: u32, weight: u32) -> String {
+    format!(
+        r#"
+name = "tally"
+version = {version}
+mode = "inline"
+setup = "CREATE TABLE {{{{table}}}} (k text PRIMARY KEY, n bigint NOT NULL)"
+[handlers]
+Counted = "INSERT INTO {{{{table}}}} VALUES ($stream, {weight}) ON CONFLICT (k) DO UPDATE SET n = {{{{table}}}}.n + {weight}"
+"#
+    )
+}
+
+fn register_toml(toml: &str) -> pb::RegisterProjectionRequest {
+    pb::RegisterProjectionRequest {
+        source: Some(pb::register_projection_request::Source::Toml(toml.into())),
+    }
+}
+
+/// A version number means one definition: after AdminRebuild made version 2 as a copy of
+/// version 1, registering other handlers as version 2 is refused (it would swap the copy's
+/// handlers without a rebuild) and names the next free number, which then builds.
+#[tokio::test]
+async fn a_version_number_made_by_a_rebuild_is_not_taken_by_other_handlers() {
+    let mut app = TestApp::spawn().await;
+    let mut admin = admin(app.server.endpoint()).await;
+    admin
+        .register_projection(register_toml(&tally(1, 1)))
+        .await
+        .unwrap();
+    wait_active(&mut admin, "tally", 1, Duration::from_secs(10)).await;
+    for _ in 0..3 {
+        app.append(append_request("x", None, vec![json_event("Counted", "{}")]))
+            .await
+            .unwrap();
+    }
+    let progress = rebuild(&mut admin, "tally", RebuildStrategy::BlueGreen).await;
+    assert_eq!(progress.last().unwrap().phase(), Phase::Done);
+    assert_eq!(projection(&mut admin, "tally").await.active_version, 2);
+
+    let refused = admin
+        .register_projection(register_toml(&tally(2, 10)))
+        .await
+        .expect_err("version 2 is the rebuild's copy of version 1");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused.message().contains("register version 3"),
+        "{refused:?}"
+    );
+
+    admin
+        .register_projection(register_toml(&tally(3, 10)))
+        .await
+        .unwrap();
+    wait_active(&mut admin, "tally", 3, Duration::from_secs(20)).await;
+    let mut connection = app.database.connect().await;
+    let n: i64 = sqlx::query_scalar("SELECT n FROM projections.tally WHERE k = 'x'")
+        .fetch_one(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(n, 30, "version 3's handlers over the whole log");
+}
+
+/// Versions only move forward: versions 2 and 3 registered while a rebuild holds the
+/// projection's rebuild lock; version 2, superseded, is never built, and version 3 stays active
+/// (before, version 2 could be built last and replace version 3).
+#[tokio::test]
+async fn an_older_pending_version_never_replaces_a_newer_one() {
+    let mut app = TestApp::spawn_with(&["--projection-supervise-ms", "100"]).await;
+    let mut admin = admin(app.server.endpoint()).await;
+    admin
+        .register_projection(register_toml(&tally(1, 1)))
+        .await
+        .unwrap();
+    wait_active(&mut admin, "tally", 1, Duration::from_secs(10)).await;
+    app.append(append_request("x", None, vec![json_event("Counted", "{}")]))
+        .await
+        .unwrap();
+
+    // Another rebuild holds the lock: registrations store their versions and leave the build.
+    let mut holder = app.database.connect().await;
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(highwater::projection::keys::rebuild_key("tally"))
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    admin
+        .register_projection(register_toml(&tally(2, 10)))
+        .await
+        .unwrap();
+    admin
+        .register_projection(register_toml(&tally(3, 100)))
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_advisory_unlock_all()")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+
+    wait_active(&mut admin, "tally", 3, Duration::from_secs(20)).await;
+    // Give the supervisor time to build anything still pending.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let info = projection(&mut admin, "tally").await;
+    assert_eq!(info.active_version, 3, "{info:?}");
+    let v2 = info.versions.iter().find(|v| v.version == 2).unwrap();
+    assert_eq!(v2.status, "retired", "{info:?}");
+    let mut connection = app.database.connect().await;
+    let n: i64 = sqlx::query_scalar("SELECT n FROM projections.tally WHERE k = 'x'")
+        .fetch_one(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(n, 100);
+}

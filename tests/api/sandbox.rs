@@ -418,3 +418,45 @@ async fn an_escape_in_a_projections_file_stops_the_server_from_starting() {
         "{error}"
     );
 }
+
+/// Projection names that look like another projection's version (`a_v1` beside `a`, version 1)
+/// get tables of their own: each projection's tables live in its own schema
+/// (`projection_<name>.v<N>`), so no name can land on another's table.
+#[tokio::test]
+async fn a_projection_named_like_another_ones_version_keeps_its_own_table() {
+    let mut app = TestApp::spawn().await;
+    let mut admin = admin(app.server.endpoint()).await;
+    for name in ["a", "a_v1"] {
+        admin
+            .register_projection(register(&with_setup(
+                name,
+                "CREATE TABLE {{table}} (k text PRIMARY KEY)",
+            )))
+            .await
+            .unwrap();
+        wait_active(&mut admin, name, 1, Duration::from_secs(10)).await;
+    }
+    for stream in ["one", "two"] {
+        app.append(append_request(stream, None, vec![json_event("Seen", "{}")]))
+            .await
+            .unwrap();
+    }
+    let mut connection = app.database.connect().await;
+    for view in ["projections.a", "projections.a_v1"] {
+        let keys: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT k FROM {view} ORDER BY k"
+        )))
+        .fetch_all(&mut connection)
+        .await
+        .unwrap();
+        assert_eq!(keys, ["one", "two"], "{view}");
+    }
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT schemaname || '.' || tablename FROM pg_tables
+          WHERE schemaname LIKE 'projection\\_%' ORDER BY 1",
+    )
+    .fetch_all(&mut connection)
+    .await
+    .unwrap();
+    assert_eq!(tables, ["projection_a.v1", "projection_a_v1.v1"]);
+}
