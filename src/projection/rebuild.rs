@@ -99,8 +99,9 @@ const READER_RETRY_MAX_PAUSE: Duration = Duration::from_secs(2);
 /// How a cut-over attempt ended.
 enum CutOver {
     Done,
-    /// The head moved more than `CUT_OVER_MAX_EVENTS` past the backfill: backfill again.
-    FellBehind,
+    /// Backfill again, then try again: the head moved more than `CUT_OVER_MAX_EVENTS` past the
+    /// backfill, or readers held the view past the lock timeout.
+    NotYet,
 }
 
 /// The end of a rebuild whose version a newer registration retired while it was built.
@@ -216,6 +217,7 @@ impl Projections {
                 connection,
                 progress: sender,
                 started: Instant::now(),
+                reader_pause: Duration::from_millis(50),
             };
             let outcome = run.run(strategy).await;
             if let Err(error) = outcome {
@@ -249,6 +251,9 @@ struct RebuildRun<'a> {
     connection: PgConnection,
     progress: watch::Sender<Progress>,
     started: Instant,
+    /// The pause before the next attempt at the view's lock; grows while readers hold it, so
+    /// that queued attempts block the view's new readers a fraction of the time only.
+    reader_pause: Duration,
 }
 
 impl RebuildRun<'_> {
@@ -280,7 +285,7 @@ impl RebuildRun<'_> {
             self.backfill(&definition, version).await?;
             match self.cut_over(&definition, version, strategy).await? {
                 CutOver::Done => break,
-                CutOver::FellBehind => {}
+                CutOver::NotYet => {}
             }
         }
         let replayed = if strategy == Strategy::InPlace {
@@ -515,7 +520,6 @@ impl RebuildRun<'_> {
         strategy: Strategy,
     ) -> Result<CutOver> {
         self.progress.send_modify(|p| p.phase = Phase::CuttingOver);
-        let mut pause = Duration::from_millis(50);
         let mut transaction = loop {
             let mut transaction = self.connection.begin().await?;
             // Lock order (docs/ARCHITECTURE.md): the projections row, the view, log_head, the
@@ -534,8 +538,11 @@ impl RebuildRun<'_> {
             limit_reader_wait(&mut transaction).await?;
             match versions::point_view(&mut transaction, definition, version).await {
                 Err(error) if versions::is_lock_timeout(&error) => {
+                    // Back to the backfill after the pause, so that what commits while readers
+                    // hold the view is applied outside log_head, not piled up for the cut-over.
                     transaction.rollback().await?;
-                    pause_for_readers(&mut pause, self.name, "view").await;
+                    pause_for_readers(&mut self.reader_pause, self.name, "view").await;
+                    return Ok(CutOver::NotYet);
                 }
                 other => {
                     other?;
@@ -553,7 +560,7 @@ impl RebuildRun<'_> {
         }
         if head.saturating_sub(row.applied_position) > CUT_OVER_MAX_EVENTS {
             transaction.rollback().await?;
-            return Ok(CutOver::FellBehind);
+            return Ok(CutOver::NotYet);
         }
         apply_range(
             &mut transaction,
