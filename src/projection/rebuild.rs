@@ -520,21 +520,17 @@ impl RebuildRun<'_> {
         strategy: Strategy,
     ) -> Result<CutOver> {
         self.progress.send_modify(|p| p.phase = Phase::CuttingOver);
-        let mut transaction = loop {
-            let mut transaction = self.connection.begin().await?;
-            // Lock order (docs/ARCHITECTURE.md): the projections row, the view, log_head, the
-            // version row. The view is pointed first, under a lock timeout: its ACCESS
-            // EXCLUSIVE lock waits for the read model's readers, and appends must not wait with
-            // it. No append touches a view, so holding it while waiting for log_head cannot
-            // deadlock.
-            sqlx::query("SELECT 1 FROM projections WHERE name = $1 FOR NO KEY UPDATE")
-                .bind(self.name)
-                .execute(&mut *transaction)
-                .await?;
-            if strategy == Strategy::InPlace {
-                // The view already shows this version's table: nothing to lock.
-                break transaction;
-            }
+        let mut transaction = self.connection.begin().await?;
+        // Lock order (docs/ARCHITECTURE.md): the projections row, the view, log_head, the version
+        // row. The view is pointed first, under a lock timeout: its ACCESS EXCLUSIVE lock waits
+        // for the read model's readers, and appends must not wait with it. No append touches a
+        // view, so holding it while waiting for log_head cannot deadlock.
+        sqlx::query("SELECT 1 FROM projections WHERE name = $1 FOR NO KEY UPDATE")
+            .bind(self.name)
+            .execute(&mut *transaction)
+            .await?;
+        // In place, the view already shows this version's table: nothing to lock.
+        if strategy == Strategy::BlueGreen {
             limit_reader_wait(&mut transaction).await?;
             match versions::point_view(&mut transaction, definition, version).await {
                 Err(error) if versions::is_lock_timeout(&error) => {
@@ -544,13 +540,10 @@ impl RebuildRun<'_> {
                     pause_for_readers(&mut self.reader_pause, self.name, "view").await;
                     return Ok(CutOver::NotYet);
                 }
-                other => {
-                    other?;
-                    lift_reader_wait(&mut transaction).await?;
-                    break transaction;
-                }
+                other => other?,
             }
-        };
+            lift_reader_wait(&mut transaction).await?;
+        }
         let head = versions::lock_head(&mut transaction).await?;
         let row = versions::lock_version(&mut transaction, self.name, version).await?;
         // Versions only move forward: one registered while this one was built replaced it.
