@@ -353,9 +353,7 @@ async fn start_core(
         return Err(error);
     }
     tokio::spawn(projections.clone().supervise(stop.clone()));
-    tokio::spawn(crate::store::deletion::finish_interrupted_erases(
-        pool.clone(),
-    ));
+    tokio::spawn(store.erases().sweep(pool.clone(), stop.clone()));
     Ok((
         Core {
             store,

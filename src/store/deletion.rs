@@ -3,14 +3,20 @@
 //! `highwater_delete_stream` SQL function, which serialises with appends on `log_head`; a hard
 //! delete then erases the events in short transactions, so appends never wait for the erase.
 
+use std::{sync::Arc, time::Duration};
+
 use sqlx::PgPool;
+use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
 use super::{
     model::{DeleteResult, ExpectedRevision},
     writer::{expected_in_sql, hard_deleted},
 };
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    shutdown::stopped,
+};
 
 /// How much of a stream a delete removes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +29,7 @@ pub enum Deletion {
 
 pub async fn delete_stream(
     pool: &PgPool,
+    erases: &Erases,
     stream: &str,
     expected: ExpectedRevision,
     deletion: Deletion,
@@ -40,8 +47,23 @@ pub async fn delete_stream(
         (0, Some(revision)) => {
             let erased_events = match deletion {
                 Deletion::Soft => 0,
-                Deletion::Hard => erase(pool.clone(), stream.to_string()).await?,
+                Deletion::Hard => erases.erase(pool, stream).await?,
             };
+            Ok(DeleteResult {
+                deleted_revision: revision as u64,
+                erased_events,
+            })
+        }
+        // The stream is hard-deleted already: this is a retry of a hard delete (whose erase may
+        // have been cut off) or a second one. Either way the answer is the first one's, once
+        // every event is erased; the expectation held when the stream was tombstoned.
+        (4, _) if deletion == Deletion::Hard => {
+            let revision: i64 =
+                sqlx::query_scalar("SELECT revision FROM streams WHERE stream = $1")
+                    .bind(stream)
+                    .fetch_one(pool)
+                    .await?;
+            let erased_events = erases.erase(pool, stream).await?;
             Ok(DeleteResult {
                 deleted_revision: revision as u64,
                 erased_events,
@@ -61,12 +83,50 @@ pub async fn delete_stream(
 /// Events erased per transaction: each batch holds its row locks briefly.
 const ERASE_BATCH: i64 = 1000;
 
-/// Erases a tombstoned stream's events. It runs as a task of its own, so a caller that goes away
-/// does not leave the erase halfway.
-async fn erase(pool: PgPool, stream: String) -> Result<u64> {
-    tokio::spawn(async move { erase_batches(&pool, &stream).await })
-        .await
-        .map_err(|error| Error::Internal(format!("erase task failed: {error}")))?
+/// How often each server looks for tombstoned streams with events left (a server killed
+/// mid-erase, an erase whose connection was cut): the partial index `streams_tombstoned` makes
+/// the look cheap.
+const ERASE_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// After an erase failed in a request, the sweep retries this soon rather than at its interval.
+const ERASE_RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// The server's erases: in requests, and the sweep that finishes those left halfway.
+#[derive(Clone, Default)]
+pub struct Erases {
+    /// Wakes the sweep early when an erase in a request failed, so its events do not stay
+    /// readable until the next interval.
+    retry: Arc<Notify>,
+}
+
+impl Erases {
+    /// Erases a tombstoned stream's events. It runs as a task of its own, so a caller that goes
+    /// away does not leave the erase halfway; if it fails, the sweep finishes it.
+    async fn erase(&self, pool: &PgPool, stream: &str) -> Result<u64> {
+        let (pool, owned) = (pool.clone(), stream.to_string());
+        let result = tokio::spawn(async move { erase_batches(&pool, &owned).await })
+            .await
+            .map_err(|error| Error::Internal(format!("erase task failed: {error}")))
+            .and_then(|erased| erased);
+        if let Err(error) = &result {
+            warn!(%stream, %error, "hard delete erase failed; the sweep will finish it");
+            self.retry.notify_one();
+        }
+        result
+    }
+
+    /// Finishes erases left halfway, at start, every [`ERASE_SWEEP_INTERVAL`], and soon after an
+    /// erase in a request failed, until `stop`.
+    pub async fn sweep(self, pool: PgPool, stop: watch::Receiver<bool>) {
+        loop {
+            finish_interrupted_erases(&pool).await;
+            tokio::select! {
+                () = stopped(stop.clone()) => return,
+                () = tokio::time::sleep(ERASE_SWEEP_INTERVAL) => {}
+                () = self.retry.notified() => tokio::time::sleep(ERASE_RETRY_PAUSE).await,
+            }
+        }
+    }
 }
 
 async fn erase_batches(pool: &PgPool, stream: &str) -> Result<u64> {
@@ -88,14 +148,13 @@ async fn erase_batches(pool: &PgPool, stream: &str) -> Result<u64> {
     }
 }
 
-/// Finishes the erases that a stopped server left halfway: the events still stored of
-/// tombstoned streams. Run once at start, beside serving.
-pub async fn finish_interrupted_erases(pool: PgPool) {
+/// Finishes the erases left halfway: the events still stored of tombstoned streams.
+async fn finish_interrupted_erases(pool: &PgPool) {
     let streams: Vec<String> = match sqlx::query_scalar(
         "SELECT s.stream FROM streams s
           WHERE s.tombstoned AND EXISTS (SELECT FROM events e WHERE e.stream = s.stream)",
     )
-    .fetch_all(&pool)
+    .fetch_all(pool)
     .await
     {
         Ok(streams) => streams,
@@ -105,7 +164,7 @@ pub async fn finish_interrupted_erases(pool: PgPool) {
         }
     };
     for stream in streams {
-        match erase_batches(&pool, &stream).await {
+        match erase_batches(pool, &stream).await {
             Ok(erased) => info!(%stream, erased, "finished an interrupted hard delete"),
             Err(error) => warn!(%stream, %error, "cannot finish an interrupted hard delete"),
         }

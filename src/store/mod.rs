@@ -26,6 +26,7 @@ pub struct Store {
     pool: PgPool,
     writer: Writer,
     limits: Limits,
+    erases: deletion::Erases,
 }
 
 impl Store {
@@ -42,6 +43,7 @@ impl Store {
                 pool,
                 writer,
                 limits,
+                erases: deletion::Erases::default(),
             },
             task,
         )
@@ -49,6 +51,11 @@ impl Store {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// The erases of hard deletes, whose sweep the server runs beside serving.
+    pub fn erases(&self) -> deletion::Erases {
+        self.erases.clone()
     }
 
     /// Validates and appends; see `proto/highwater/v1/event_store.proto` for the rules.
@@ -83,7 +90,8 @@ impl Store {
         deletion: Deletion,
     ) -> Result<DeleteResult> {
         check_stream(&stream)?;
-        let result = deletion::delete_stream(&self.pool, &stream, expected, deletion).await?;
+        let result =
+            deletion::delete_stream(&self.pool, &self.erases, &stream, expected, deletion).await?;
         tracing::info!(
             %stream,
             ?deletion,

@@ -228,10 +228,9 @@ async fn a_hard_deleted_stream_is_erased_from_the_log_and_never_written_again() 
         code(soft_delete(&mut app, "erase", None).await),
         Code::FailedPrecondition
     );
-    assert_eq!(
-        code(hard_delete(&mut admin, "erase").await),
-        Code::FailedPrecondition
-    );
+    // A second hard delete answers as the first did (a retry after a lost answer succeeds).
+    let again = hard_delete(&mut admin, "erase").await.unwrap();
+    assert_eq!((again.deleted_revision, again.erased_events), (2, 0));
     assert_eq!(code(hard_delete(&mut admin, "never").await), Code::NotFound);
 
     // Positions are never reused: the log carries on after the gap.
@@ -431,4 +430,93 @@ async fn an_erase_left_halfway_by_a_stopped_server_is_finished_at_the_next_start
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
+}
+
+/// Cuts off the erase of `stream` mid-way: a transaction holds the stream's rows, so the erase
+/// waits on them, and its backend is terminated. Returns what the hard delete answered.
+async fn interrupted_hard_delete(
+    app: &TestApp,
+    admin: &AdminServiceClient<Channel>,
+    stream: &str,
+) -> Result<pb::HardDeleteStreamResponse, tonic::Status> {
+    let mut holder = app.database.connect().await;
+    let mut rows = sqlx::Connection::begin(&mut holder).await.unwrap();
+    sqlx::query("SELECT FROM events WHERE stream = $1 FOR UPDATE")
+        .bind(stream)
+        .execute(&mut *rows)
+        .await
+        .unwrap();
+    let mut admin = admin.clone();
+    let target = stream.to_string();
+    let deleting = tokio::spawn(async move { hard_delete(&mut admin, &target).await });
+    let mut watcher = app.database.connect().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let terminated: bool = sqlx::query_scalar(
+            "SELECT coalesce(bool_or(pg_terminate_backend(pid)), false) FROM pg_stat_activity
+              WHERE datname = current_database() AND wait_event_type = 'Lock'
+                AND query LIKE 'DELETE FROM events WHERE position IN%'",
+        )
+        .fetch_one(&mut watcher)
+        .await
+        .unwrap();
+        if terminated {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the erase never waited on the held rows"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let answer = deleting.await.unwrap();
+    rows.rollback().await.unwrap();
+    answer
+}
+
+/// A hard delete whose erase loses its connection answers UNAVAILABLE (retryable) with the
+/// stream already closed to writes; a retry then finishes the erase and answers as the first
+/// call would have, and without a retry the server itself finishes it within seconds. Before,
+/// the retry was FAILED_PRECONDITION and the events stayed readable until a server restarted.
+#[tokio::test]
+async fn an_interrupted_hard_delete_is_finished_by_its_retry_or_by_the_server() {
+    let mut app = TestApp::spawn().await;
+    let admin = AdminServiceClient::connect(app.server.endpoint())
+        .await
+        .unwrap();
+    for stream in ["retried", "left", "kept"] {
+        let events = (0..3).map(|i| json_event("E", &i.to_string())).collect();
+        app.append(append_request(stream, None, events))
+            .await
+            .unwrap();
+    }
+
+    let cut = interrupted_hard_delete(&app, &admin, "retried").await;
+    assert_eq!(code(cut), Code::Unavailable);
+    let refused = app
+        .append(append_request("retried", None, vec![json_event("E", "{}")]))
+        .await;
+    assert_eq!(code(refused), Code::FailedPrecondition);
+    let retried = hard_delete(&mut admin.clone(), "retried").await.unwrap();
+    assert_eq!(retried.deleted_revision, 2);
+    let streams: Vec<String> = app.read_all().await.into_iter().map(|e| e.stream).collect();
+    assert!(
+        !streams.contains(&"retried".to_string()),
+        "the retry answered before its erase was done: {streams:?}"
+    );
+
+    let cut = interrupted_hard_delete(&app, &admin, "left").await;
+    assert_eq!(code(cut), Code::Unavailable);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let streams: Vec<String> = app.read_all().await.into_iter().map(|e| e.stream).collect();
+        if streams == ["kept"; 3] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not finish the erase: {streams:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

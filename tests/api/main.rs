@@ -11,6 +11,7 @@ mod fuzz;
 mod helpers;
 mod metrics;
 mod projection;
+mod randomized;
 mod read;
 mod restart;
 mod sandbox;
