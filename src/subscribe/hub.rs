@@ -171,9 +171,13 @@ impl Hub {
                 () = stopped(stop.clone()) => break,
                 received = listener.try_recv() => received,
                 _ = poll.tick() => {
-                    // Read the head whether or not a notification came, and check that the
-                    // LISTEN connection still answers; a silent one is replaced, LISTENing
+                    // Read the head whether or not a notification came (first, so a silent
+                    // LISTEN connection delays nothing by more than the poll), then check that
+                    // the LISTEN connection still answers; a silent one is replaced, LISTENing
                     // again before what committed meanwhile is read.
+                    if let Err(error) = self.read_new(&pool).await {
+                        warn!(%error, "hub cannot read new events; retrying");
+                    }
                     catch_up = true;
                     let ping = tokio::time::timeout(
                         LISTEN_PING_TIMEOUT,

@@ -8,6 +8,7 @@ mod delete;
 mod embedded;
 mod faults;
 mod fuzz;
+mod half_open;
 mod helpers;
 mod metrics;
 mod projection;
