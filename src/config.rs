@@ -53,6 +53,12 @@ pub struct ServeConfig {
     #[arg(long, env = "HIGHWATER_MAX_APPEND_BYTES", default_value_t = Limits::default().max_append_bytes)]
     pub max_append_bytes: usize,
 
+    /// Most bytes of request messages one server holds at once, summed over every call of
+    /// every connection: a call whose message does not fit waits up to 5 s for room, then gets
+    /// RESOURCE_EXHAUSTED before its message is read. At least --max-append-bytes plus 1 MiB.
+    #[arg(long, env = "HIGHWATER_MAX_REQUEST_BYTES_IN_FLIGHT", default_value_t = 256 * 1024 * 1024)]
+    pub max_request_bytes_in_flight: usize,
+
     /// Most events in one append request. A request is written under the log's lock, which
     /// every appender waits for, so this bounds how long one request (or its resend) holds it.
     #[arg(long, env = "HIGHWATER_MAX_APPEND_EVENTS", default_value_t = Limits::default().max_append_events as u32, value_parser = clap::value_parser!(u32).range(1..))]

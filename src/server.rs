@@ -100,6 +100,14 @@ impl Application {
     /// Binds the listener and opens the database (starting the private one if needed). The
     /// database is connected and migrated by `run_until_stopped`, while health says NOT_SERVING.
     pub async fn build(config: ServeConfig) -> Result<Self> {
+        let max_message = config.max_append_bytes.saturating_add(1024 * 1024);
+        if config.max_request_bytes_in_flight < max_message {
+            return Err(Error::Startup(format!(
+                "--max-request-bytes-in-flight ({}) must be at least --max-append-bytes plus 1 MiB ({max_message}), \
+                 or a maximal append could never be read",
+                config.max_request_bytes_in_flight
+            )));
+        }
         let security = Security::load(&config.security, config.listen)?;
         let listener = TcpListener::bind(config.listen).await.map_err(|error| {
             Error::Startup(format!("cannot listen on {}: {error}", config.listen))
@@ -225,7 +233,10 @@ impl Application {
                 .layer(AroundLayer(IdleTracking))
                 .layer(AroundLayer(RequestId))
                 .layer(AroundLayer(Authenticate::new(security.tokens)))
-                .layer(AroundLayer(MessageLimit::new(max_message)))
+                .layer(AroundLayer(MessageLimit::new(
+                    max_message,
+                    config.max_request_bytes_in_flight,
+                )))
                 .add_service(health_service)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)

@@ -420,3 +420,98 @@ Counted = "INSERT INTO {{table}} VALUES ($stream, 1) ON CONFLICT (k) DO UPDATE S
         assert_eq!(tally, expected, "{strategy:?}");
     }
 }
+
+/// An append of one event of `bytes` bytes of JSON data.
+fn big_append(stream: &str, bytes: usize) -> pb::AppendRequest {
+    let data = format!("\"{}\"", "x".repeat(bytes - 2));
+    append_request(stream, None, vec![json_event("Big", &data)])
+}
+
+/// The bytes of requests a server holds are bounded across calls and connections: with room
+/// for three appends of about 900 KB held in flight (the log's lock is taken, so they wait in
+/// the writer), a fourth from another connection is RESOURCE_EXHAUSTED after 5 s and writes
+/// nothing, a small append still fits, and everything held commits once the lock is free. A
+/// budget smaller than one maximal request is refused at start.
+#[tokio::test]
+async fn request_bytes_in_flight_are_bounded_across_connections() {
+    let flags = [
+        "--max-append-bytes",
+        "1048576",
+        "--max-request-bytes-in-flight",
+        "3145728",
+    ];
+    let app = TestApp::spawn_with(&flags).await;
+    let mut holder = app.database.connect().await;
+    let mut lock = sqlx::Connection::begin(&mut holder).await.unwrap();
+    sqlx::query("SELECT FROM log_head FOR UPDATE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let mut client = app.server.client().await; // a connection each
+        let request = big_append(&format!("big-{i}"), 900_000);
+        held.push(tokio::spawn(async move { client.append(request).await }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut small_client = app.server.client().await;
+    let small = tokio::spawn(async move {
+        small_client
+            .append(append_request("small", None, vec![json_event("E", "{}")]))
+            .await
+    });
+    let mut fourth = app.server.client().await;
+    let started = Instant::now();
+    let refused = fourth
+        .append(big_append("big-3", 900_000))
+        .await
+        .expect_err("no room for a fourth large request");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("--max-request-bytes-in-flight"),
+        "{refused:?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "it waited for room first"
+    );
+
+    lock.rollback().await.unwrap();
+    for append in held {
+        append.await.unwrap().expect("a held append commits");
+    }
+    small
+        .await
+        .unwrap()
+        .expect("a small append fits beside them");
+    let mut client = app.server.client().await;
+    let streams: Vec<String> = read_all_from(&mut client, 0, pb::Direction::Forwards, 0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.stream)
+        .collect();
+    assert_eq!(streams.len(), 4, "{streams:?}");
+    assert!(!streams.contains(&"big-3".to_string()));
+    // With room again, the refused append goes through.
+    fourth.append(big_append("big-3", 900_000)).await.unwrap();
+
+    let too_small = config_for(
+        &app.database.url,
+        &[
+            "--max-append-bytes",
+            "1048576",
+            "--max-request-bytes-in-flight",
+            "1048576",
+        ],
+    );
+    let error = highwater::server::Application::build(too_small)
+        .await
+        .err()
+        .expect("a budget below one maximal request is refused");
+    assert!(
+        error.to_string().contains("--max-request-bytes-in-flight"),
+        "{error}"
+    );
+}
