@@ -14,7 +14,9 @@ pub mod embedded_pg;
 pub mod error;
 /// Thin gRPC adapters over the core.
 pub mod grpc;
-/// Prometheus metrics.
+/// The HTTP adapter: Prometheus metrics.
+pub mod http;
+/// The metrics registry the core records into.
 pub mod metrics;
 /// Code generated from `proto/`.
 pub mod pb;
@@ -24,6 +26,8 @@ pub mod projection;
 pub mod security;
 /// Server assembly, health, reflection and graceful shutdown.
 pub mod server;
+/// The core services the adapters call, once ready.
+pub mod services;
 /// The shutdown signal shared by background tasks.
 pub mod shutdown;
 /// The event log on PostgreSQL.

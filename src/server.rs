@@ -15,7 +15,6 @@ use crate::{
     embedded_pg::EmbeddedPostgres,
     error::{Error, Result},
     grpc::{
-        Core, ReadyCore,
         admin::AdminService,
         auth::Authenticate,
         event_store::EventStoreService,
@@ -30,6 +29,7 @@ use crate::{
     },
     projection::Projections,
     security::Security,
+    services::{Core, ReadyCore},
     shutdown::stopped,
     store::{Store, database},
     subscribe::{Subscriptions, hub::Hub, registry::Registry},
@@ -191,7 +191,7 @@ impl Application {
             if let Ok(metrics_address) = metrics_listener.local_addr() {
                 info!(%metrics_address, "serving metrics at /metrics");
             }
-            tokio::spawn(crate::metrics::serve(
+            tokio::spawn(crate::http::metrics::serve(
                 metrics_listener,
                 ready_core.clone(),
                 stop.clone(),

@@ -6,7 +6,8 @@ use tokio_stream::{Stream, StreamExt, wrappers::WatchStream};
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
-use super::{ReadyCore, convert};
+use super::convert;
+use crate::services::ReadyCore;
 use crate::{
     error::Error,
     pb::{self, admin_service_server::AdminService as AdminApi},

@@ -9,7 +9,8 @@ use std::pin::Pin;
 
 use tokio_stream::{Stream, StreamExt};
 
-use super::{ReadyCore, auth::Caller, convert};
+use super::{auth::Caller, convert};
+use crate::services::ReadyCore;
 use crate::{
     auth::Role,
     pb::{self, event_store_service_server::EventStoreService as EventStoreApi},

@@ -212,12 +212,24 @@ impl Hub {
                 }
             };
             match received {
-                Ok(Some(notification)) if notification.channel() == PROJECTIONS_CHANNEL => {
-                    self.projections_changed();
+                // Only wake-ups: any database user may NOTIFY on the channels, so payloads are
+                // not trusted (the head is read from log_head), and every notification already
+                // received is taken at once, so a flood of them costs one read, not one each.
+                Ok(Some(first)) => {
+                    let mut projections = false;
+                    let mut next = Some(first);
+                    while let Some(notification) = next {
+                        if notification.channel() == PROJECTIONS_CHANNEL {
+                            projections = true;
+                        } else {
+                            catch_up = true;
+                        }
+                        next = listener.next_buffered();
+                    }
+                    if projections {
+                        self.projections_changed();
+                    }
                 }
-                // Only a wake-up: any database user may NOTIFY on the channel, so its payload
-                // is not trusted; the head is read from log_head.
-                Ok(Some(_)) => catch_up = true,
                 Ok(None) => {
                     info!(
                         "hub LISTEN connection was lost and is reconnected; reading what committed meanwhile"

@@ -11,6 +11,7 @@ mod fuzz;
 mod half_open;
 mod helpers;
 mod metrics;
+mod migrations;
 mod projection;
 mod randomized;
 mod read;

@@ -1,0 +1,3 @@
+//! The HTTP adapter: the Prometheus endpoint.
+
+pub mod metrics;
