@@ -234,7 +234,7 @@ async fn single_appends_answer_promptly_while_a_maximal_append_is_resent() {
         "{resends} resends of {MAX_APPEND_EVENTS} events; single appends: median {median:?}, max {max:?}"
     );
     assert!(resends >= 3, "the resends must overlap the single appends");
-    assert!(median < Duration::from_millis(200), "median {median:?}");
+    assert!(median < Duration::from_millis(500), "median {median:?}");
     assert!(max < Duration::from_secs(2), "max {max:?}");
     assert_eq!(
         app.read_all().await.len(),
