@@ -794,6 +794,8 @@ async fn committed_transactions(connection: &mut sqlx::PgConnection) -> i64 {
 /// A flood of notifications on the commit channel (any database user may send them, a
 /// projection handler included) costs the hub one read of the head per batch it receives, not
 /// one per notification: 50,000 notifications in one transaction led to 50,000 queries before.
+/// How many batches the socket delivers depends on timing (a few hundred on a quiet machine,
+/// 2,311 seen with the whole suite running on 2 cores), so the bound is a fifth of the old cost.
 /// Live delivery goes on.
 #[tokio::test]
 async fn a_flood_of_commit_notifications_costs_the_hub_a_few_reads() {
@@ -838,7 +840,7 @@ async fn a_flood_of_commit_notifications_costs_the_hub_a_few_reads() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let spent = committed_transactions(&mut connection).await - before;
     eprintln!("transactions during a flood of 50,000 notifications: {spent}");
-    assert!(spent < 2_000, "{spent} transactions for one flood");
+    assert!(spent < 10_000, "{spent} transactions for one flood");
     assert_eq!(received.positions(), [1, 2]);
 }
 
