@@ -1,40 +1,11 @@
-//! Command line and environment configuration. Every flag has an environment variable.
+//! Command line and environment configuration of the server. Every flag has an environment
+//! variable. The binary's top-level command (`src/command.rs`) adds the client and bench commands.
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, ValueEnum};
 
-use crate::store::validate::Limits;
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "highwater",
-    version,
-    about = "Highwater: a gRPC event store on PostgreSQL",
-    long_about = "Highwater: a gRPC event store on PostgreSQL.\n\nWith no subcommand, `highwater` \
-                  runs `serve`. With no DATABASE_URL it runs a private PostgreSQL from the \
-                  machine's own binaries in --data-dir.",
-    args_conflicts_with_subcommands = true
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Option<Command>,
-
-    #[command(flatten)]
-    pub serve: ServeConfig,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the gRPC server (the default).
-    Serve(ServeConfig),
-    /// Apply database migrations and exit.
-    Migrate(MigrateConfig),
-    /// Measure a server (started on a fresh database) against raw PostgreSQL, and print a report.
-    Bench(crate::bench::BenchConfig),
-    #[command(flatten)]
-    Client(crate::cli::ClientCommand),
-}
+use highwater_core::store::validate::Limits;
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
@@ -99,7 +70,7 @@ pub struct ServeConfig {
     /// inline handlers of one append (which hold the log's lock, so this bounds how long a slow
     /// handler can hold up other appends), one batch of a rebuild or an async worker. A call over
     /// it fails its append (or, with on_error = "skip", dead-letters its events) or its batch.
-    #[arg(long, env = "HIGHWATER_PROJECTION_SQL_TIMEOUT_MS", default_value_t = crate::projection::DEFAULT_SQL_TIMEOUT.as_millis() as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "HIGHWATER_PROJECTION_SQL_TIMEOUT_MS", default_value_t = highwater_core::projection::DEFAULT_SQL_TIMEOUT.as_millis() as u64, value_parser = clap::value_parser!(u64).range(1..))]
     pub projection_sql_timeout_ms: u64,
 
     /// Milliseconds to pause between rebuild batches, leaving room for other work (0: none).
@@ -148,8 +119,8 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
-    pub fn projection_settings(&self) -> crate::projection::Settings {
-        crate::projection::Settings {
+    pub fn projection_settings(&self) -> highwater_core::projection::Settings {
+        highwater_core::projection::Settings {
             batch_size: self.projection_batch_size,
             heartbeat_timeout: std::time::Duration::from_millis(self.rebuild_heartbeat_timeout_ms),
             supervise_interval: std::time::Duration::from_millis(self.projection_supervise_ms),

@@ -18,7 +18,7 @@ use sqlx::{ConnectOptions, Connection, postgres::PgConnectOptions};
 use tokio::process::{Child, Command};
 use tracing::{info, warn};
 
-use crate::error::{Error, Result};
+use highwater_core::error::{Error, Result};
 
 /// The role and database the server uses in its private cluster: not a superuser (it may
 /// create databases and roles, the latter for the projection sandbox).

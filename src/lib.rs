@@ -1,38 +1,27 @@
-//! Highwater: a gRPC event store on PostgreSQL.
+//! The Highwater server: the gRPC adapters (`EventStoreService`, `AdminService`, health,
+//! reflection) and the HTTP adapter (Prometheus metrics) over `highwater-core`, the settings made
+//! from the command line, the private PostgreSQL of the embedded mode, and the application that
+//! wires them together, owns every background task and stops them at shutdown. The binary
+//! (`src/main.rs`) adds the client commands of `highwater-cli` and the load generator of
+//! `highwater-bench`. The design as built: `docs/ARCHITECTURE.md`.
 
-/// Bearer tokens and roles.
+/// Bearer tokens and roles: the auth file and the per-method check.
 pub mod auth;
-/// `highwater bench`: the load generator and its raw PostgreSQL baseline.
-pub mod bench;
-/// The command-line client: subcommands that talk to a server.
-pub mod cli;
-/// Command line and environment configuration.
+/// Command line and environment configuration of the server.
 pub mod config;
 /// A private PostgreSQL from the machine's own binaries.
 pub mod embedded_pg;
-/// The one error type and its mapping to gRPC status codes.
-pub mod error;
 /// Thin gRPC adapters over the core.
 pub mod grpc;
 /// The HTTP adapter: Prometheus metrics.
 pub mod http;
-/// The metrics registry the core records into.
-pub mod metrics;
-/// Code generated from `proto/`.
-pub mod pb;
-/// Server-side projections and rebuilds.
-pub mod projection;
 /// TLS and the secure default for listening.
 pub mod security;
 /// Server assembly, health, reflection and graceful shutdown.
 pub mod server;
 /// The core services the adapters call, once ready.
 pub mod services;
-/// The shutdown signal shared by background tasks.
-pub mod shutdown;
-/// The event log on PostgreSQL.
-pub mod store;
-/// Subscriptions: the LISTEN/NOTIFY hub and catch-up-then-live subscribers.
-pub mod subscribe;
 /// Logging.
 pub mod telemetry;
+
+pub use highwater_api::pb;

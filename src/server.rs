@@ -13,7 +13,6 @@ use tracing::{error, info, warn};
 use crate::{
     config::{DatabaseConfig, ServeConfig},
     embedded_pg::EmbeddedPostgres,
-    error::{Error, Result},
     grpc::{
         admin::AdminService,
         auth::Authenticate,
@@ -27,9 +26,12 @@ use crate::{
         self, admin_service_server::AdminServiceServer,
         event_store_service_server::EventStoreServiceServer,
     },
-    projection::Projections,
     security::Security,
     services::{Core, ReadyCore},
+};
+use highwater_core::{
+    error::{Error, Result},
+    projection::Projections,
     shutdown::stopped,
     store::{Store, database},
     subscribe::{Subscriptions, hub::Hub, registry::Registry},

@@ -4,7 +4,9 @@
 
 use std::sync::{Arc, OnceLock};
 
-use crate::{error::Error, projection::Projections, store::Store, subscribe::Subscriptions};
+use highwater_core::{
+    error::Error, projection::Projections, store::Store, subscribe::Subscriptions,
+};
 
 /// The core services the adapters call.
 #[derive(Clone)]

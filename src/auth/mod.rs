@@ -10,34 +10,15 @@
 //!
 //! `highwater token --role write --name billing-service` makes a token and prints its entry.
 
-use std::{fmt, path::Path};
+use std::path::Path;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Result};
+use highwater_api::token::decode_hash;
+pub use highwater_api::token::{Role, hash_token, new_token};
 
-/// What a token may do. Each role includes the ones before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Reads and subscriptions.
-    Read,
-    /// Also Append, SaveCheckpoint and DeleteSubscription.
-    Write,
-    /// Also the Admin service: projections and rebuilds.
-    Admin,
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Role::Read => "read",
-            Role::Write => "write",
-            Role::Admin => "admin",
-        })
-    }
-}
+use highwater_core::error::{Error, Result};
 
 /// Why a request is refused.
 #[derive(Debug, PartialEq, Eq)]
@@ -155,35 +136,6 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn decode_hash(text: &str) -> Option<[u8; 32]> {
-    let text = text.trim();
-    if text.len() != 64 {
-        return None;
-    }
-    let mut hash = [0u8; 32];
-    for (i, byte) in hash.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(hash)
-}
-
-/// The SHA-256 of a token, as the auth file stores it.
-pub fn hash_token(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
-}
-
-/// A new random token: `hw_` and 64 hex digits (256 bits from the system's random source).
-pub fn new_token() -> String {
-    let mut bytes = [0u8; 32];
-    bytes[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-    bytes[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-    let random: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
-    format!("hw_{random}")
-}
-
 /// The role a gRPC method needs, from its path (`/package.Service/Method`); `None`: open to all
 /// (health and reflection).
 pub fn required_role(path: &str) -> Option<Role> {
@@ -288,14 +240,5 @@ mod tests {
             Some(Role::Admin)
         );
         assert_eq!(required_role("/other.Service/Call"), Some(Role::Admin));
-    }
-
-    #[test]
-    fn new_tokens_are_random_and_hash_to_64_hex_digits() {
-        let (a, b) = (new_token(), new_token());
-        assert_ne!(a, b);
-        assert_eq!(a.len(), 3 + 64);
-        assert_eq!(hash_token(&a).len(), 64);
-        assert!(decode_hash(&hash_token(&a)).is_some());
     }
 }

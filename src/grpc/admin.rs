@@ -1,5 +1,6 @@
 //! `highwater.v1.AdminService`: projections and rebuilds.
 
+use crate::grpc::status::{IntoStatus, OrStatus};
 use std::{pin::Pin, sync::Arc};
 
 use tokio_stream::{Stream, StreamExt, wrappers::WatchStream};
@@ -7,10 +8,10 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use super::convert;
+use crate::pb::{self, admin_service_server::AdminService as AdminApi};
 use crate::services::ReadyCore;
-use crate::{
+use highwater_core::{
     error::Error,
-    pb::{self, admin_service_server::AdminService as AdminApi},
     projection::{
         Projections,
         definition::{Definition, Mode, OnError},
@@ -55,13 +56,15 @@ impl AdminApi for AdminService {
                     "strategy",
                     format!("unknown strategy {}", request.strategy),
                 )
-                .into());
+                .into_status());
             }
         };
         let progress = self
-            .projections()?
+            .projections()
+            .or_status()?
             .rebuild(&request.projection, strategy)
-            .await?;
+            .await
+            .or_status()?;
         // Every change of the progress, ending after the final one.
         let mut finished = false;
         let stream = WatchStream::new(progress).map_while(move |progress| {
@@ -83,18 +86,24 @@ impl AdminApi for AdminService {
     ) -> Result<Response<pb::RegisterProjectionResponse>, Status> {
         let definition = match request.into_inner().source {
             Some(pb::register_projection_request::Source::Toml(text)) => {
-                Definition::from_toml(&text, "api")?
+                Definition::from_toml(&text, "api").or_status()?
             }
             Some(pb::register_projection_request::Source::Definition(definition)) => {
-                definition_from(definition)?
+                definition_from(definition).or_status()?
             }
             None => {
                 return Err(
-                    Error::invalid("source", "a definition or a toml text is required").into(),
+                    Error::invalid("source", "a definition or a toml text is required")
+                        .into_status(),
                 );
             }
         };
-        let info = self.projections()?.register(definition).await?;
+        let info = self
+            .projections()
+            .or_status()?
+            .register(definition)
+            .await
+            .or_status()?;
         Ok(Response::new(pb::RegisterProjectionResponse {
             projection: Some(projection_info(info)),
         }))
@@ -105,7 +114,7 @@ impl AdminApi for AdminService {
         &self,
         _request: Request<pb::ListProjectionsRequest>,
     ) -> Result<Response<pb::ListProjectionsResponse>, Status> {
-        let all = self.projections()?.list().await?;
+        let all = self.projections().or_status()?.list().await.or_status()?;
         Ok(Response::new(pb::ListProjectionsResponse {
             projections: all.into_iter().map(projection_info).collect(),
         }))
@@ -116,7 +125,12 @@ impl AdminApi for AdminService {
         &self,
         request: Request<pb::GetProjectionRequest>,
     ) -> Result<Response<pb::GetProjectionResponse>, Status> {
-        let info = self.projections()?.get(&request.into_inner().name).await?;
+        let info = self
+            .projections()
+            .or_status()?
+            .get(&request.into_inner().name)
+            .await
+            .or_status()?;
         Ok(Response::new(pb::GetProjectionResponse {
             projection: Some(projection_info(info)),
         }))
@@ -136,7 +150,7 @@ impl AdminApi for AdminService {
                     "kind",
                     format!("{other:?} is not skip or dead_letter"),
                 )
-                .into());
+                .into_status());
             }
         };
         let projection = (!request.projection.is_empty()).then_some(request.projection.as_str());
@@ -146,9 +160,11 @@ impl AdminApi for AdminService {
             i64::from(request.limit)
         };
         let messages = self
-            .projections()?
+            .projections()
+            .or_status()?
             .system_messages(projection, kind, request.include_archived, limit)
-            .await?;
+            .await
+            .or_status()?;
         Ok(Response::new(pb::ListSystemMessagesResponse {
             messages: messages
                 .into_iter()
@@ -172,9 +188,11 @@ impl AdminApi for AdminService {
         request: Request<pb::RetryDeadLettersRequest>,
     ) -> Result<Response<pb::RetryDeadLettersResponse>, Status> {
         let (applied, still_failing) = self
-            .projections()?
+            .projections()
+            .or_status()?
             .retry_dead_letters(&request.into_inner().projection)
-            .await?;
+            .await
+            .or_status()?;
         Ok(Response::new(pb::RetryDeadLettersResponse {
             applied,
             still_failing,
@@ -187,13 +205,15 @@ impl AdminApi for AdminService {
         request: Request<pb::HardDeleteStreamRequest>,
     ) -> Result<Response<pb::HardDeleteStreamResponse>, Status> {
         let request = request.into_inner();
-        let expected = convert::hard_delete_stream_expected(&request)?;
+        let expected = convert::hard_delete_stream_expected(&request).or_status()?;
         let result = self
             .core
-            .get()?
+            .get()
+            .or_status()?
             .store
             .delete_stream(request.stream, expected, Deletion::Hard)
-            .await?;
+            .await
+            .or_status()?;
         Ok(Response::new(pb::HardDeleteStreamResponse {
             deleted_revision: result.deleted_revision,
             erased_events: result.erased_events,
@@ -264,7 +284,7 @@ fn progress_message(progress: &Progress) -> pb::RebuildProgress {
     }
 }
 
-fn projection_info(info: crate::projection::ProjectionInfo) -> pb::ProjectionInfo {
+fn projection_info(info: highwater_core::projection::ProjectionInfo) -> pb::ProjectionInfo {
     let active = info
         .versions
         .iter()
@@ -294,7 +314,7 @@ fn projection_info(info: crate::projection::ProjectionInfo) -> pb::ProjectionInf
             .unwrap_or_default(),
         heartbeat_at: owner
             .and_then(|v| v.heartbeat_us)
-            .map(|us| crate::store::reader::micros_to_time(us).into()),
+            .map(|us| highwater_core::store::reader::micros_to_time(us).into()),
         pending_skips: info.pending_skips,
         archived_skips: info.archived_skips,
         dead_letters: info.dead_letters,
@@ -310,7 +330,7 @@ fn projection_info(info: crate::projection::ProjectionInfo) -> pb::ProjectionInf
                 rebuild_owner: v.rebuild_owner.clone().unwrap_or_default(),
                 heartbeat_at: v
                     .heartbeat_us
-                    .map(|us| crate::store::reader::micros_to_time(us).into()),
+                    .map(|us| highwater_core::store::reader::micros_to_time(us).into()),
                 events_per_second: v.events_per_second.unwrap_or(0.0),
                 last_error: v.last_error.clone().unwrap_or_default(),
                 table: v.definition.table(v.version),

@@ -1,11 +1,11 @@
 //! Conversions between protobuf messages and core types. No rules live here beyond decoding.
 
-use crate::subscribe::{
+use crate::pb;
+use highwater_core::subscribe::{
     AllStart, Filter, StreamStart, SubscriptionMessage, checkpoints::DurableSubscription,
 };
-use crate::{
+use highwater_core::{
     error::{Error, Result},
-    pb,
     store::model::{
         AppendInput, AppendResult, Direction, EventInput, ExpectedRevision, RecordedEvent,
     },

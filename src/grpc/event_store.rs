@@ -1,5 +1,6 @@
 //! `highwater.v1.EventStoreService`: appends and reads.
 
+use crate::grpc::status::{IntoStatus, OrStatus, status};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -14,6 +15,8 @@ use crate::services::ReadyCore;
 use crate::{
     auth::Role,
     pb::{self, event_store_service_server::EventStoreService as EventStoreApi},
+};
+use highwater_core::{
     store::{
         deletion::Deletion,
         reader::{Prefetch, ReadCursor},
@@ -44,8 +47,15 @@ impl EventStoreApi for EventStoreService {
         &self,
         request: Request<pb::AppendRequest>,
     ) -> Result<Response<pb::AppendResponse>, Status> {
-        let input = convert::append_input(request.into_inner())?;
-        let result = self.core.get()?.store.append(input).await?;
+        let input = convert::append_input(request.into_inner()).or_status()?;
+        let result = self
+            .core
+            .get()
+            .or_status()?
+            .store
+            .append(input)
+            .await
+            .or_status()?;
         Ok(Response::new(convert::append_response(result)))
     }
 
@@ -57,10 +67,11 @@ impl EventStoreApi for EventStoreService {
         request: Request<pb::ReadStreamRequest>,
     ) -> Result<Response<Self::ReadStreamStream>, Status> {
         let request = request.into_inner();
-        let direction = convert::direction(request.direction)?;
+        let direction = convert::direction(request.direction).or_status()?;
         let cursor = self
             .core
-            .get()?
+            .get()
+            .or_status()?
             .store
             .read_stream(
                 request.stream,
@@ -68,7 +79,8 @@ impl EventStoreApi for EventStoreService {
                 direction,
                 request.max_count,
             )
-            .await?;
+            .await
+            .or_status()?;
         Ok(Response::new(stream_pages(cursor, |event| {
             pb::ReadStreamResponse { event: Some(event) }
         })))
@@ -82,12 +94,12 @@ impl EventStoreApi for EventStoreService {
         request: Request<pb::ReadAllRequest>,
     ) -> Result<Response<Self::ReadAllStream>, Status> {
         let request = request.into_inner();
-        let direction = convert::direction(request.direction)?;
-        let cursor =
-            self.core
-                .get()?
-                .store
-                .read_all(request.after_position, direction, request.max_count);
+        let direction = convert::direction(request.direction).or_status()?;
+        let cursor = self.core.get().or_status()?.store.read_all(
+            request.after_position,
+            direction,
+            request.max_count,
+        );
         Ok(Response::new(stream_pages(cursor, |event| {
             pb::ReadAllResponse { event: Some(event) }
         })))
@@ -110,7 +122,8 @@ impl EventStoreApi for EventStoreService {
         let (start, filter) = convert::subscribe_all(&request);
         let subscription = self
             .core
-            .get()?
+            .get()
+            .or_status()?
             .subscriptions
             .subscribe_all(
                 start,
@@ -118,7 +131,8 @@ impl EventStoreApi for EventStoreService {
                 u64::from(request.checkpoint_interval),
                 durable,
             )
-            .await?;
+            .await
+            .or_status()?;
         Ok(Response::new(subscription_stream(
             subscription,
             convert::subscribe_all_response,
@@ -136,10 +150,12 @@ impl EventStoreApi for EventStoreService {
         let start = convert::stream_start(&request);
         let subscription = self
             .core
-            .get()?
+            .get()
+            .or_status()?
             .subscriptions
             .subscribe_stream(request.stream, start)
-            .await?;
+            .await
+            .or_status()?;
         Ok(Response::new(subscription_stream(
             subscription,
             convert::subscribe_stream_response,
@@ -154,10 +170,12 @@ impl EventStoreApi for EventStoreService {
         let request = request.into_inner();
         let position = self
             .core
-            .get()?
+            .get()
+            .or_status()?
             .subscriptions
             .save_checkpoint(request.subscription, request.position)
-            .await?;
+            .await
+            .or_status()?;
         Ok(Response::new(pb::SaveCheckpointResponse { position }))
     }
 
@@ -166,7 +184,14 @@ impl EventStoreApi for EventStoreService {
         &self,
         _request: Request<pb::ListSubscriptionsRequest>,
     ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
-        let subscriptions = self.core.get()?.subscriptions.list().await?;
+        let subscriptions = self
+            .core
+            .get()
+            .or_status()?
+            .subscriptions
+            .list()
+            .await
+            .or_status()?;
         Ok(Response::new(pb::ListSubscriptionsResponse {
             subscriptions: subscriptions
                 .into_iter()
@@ -181,10 +206,12 @@ impl EventStoreApi for EventStoreService {
         request: Request<pb::DeleteSubscriptionRequest>,
     ) -> Result<Response<pb::DeleteSubscriptionResponse>, Status> {
         self.core
-            .get()?
+            .get()
+            .or_status()?
             .subscriptions
             .delete(request.into_inner().subscription)
-            .await?;
+            .await
+            .or_status()?;
         Ok(Response::new(pb::DeleteSubscriptionResponse {}))
     }
 
@@ -194,13 +221,15 @@ impl EventStoreApi for EventStoreService {
         request: Request<pb::DeleteStreamRequest>,
     ) -> Result<Response<pb::DeleteStreamResponse>, Status> {
         let request = request.into_inner();
-        let expected = convert::delete_stream_expected(&request)?;
+        let expected = convert::delete_stream_expected(&request).or_status()?;
         let result = self
             .core
-            .get()?
+            .get()
+            .or_status()?
             .store
             .delete_stream(request.stream, expected, Deletion::Soft)
-            .await?;
+            .await
+            .or_status()?;
         Ok(Response::new(pb::DeleteStreamResponse {
             deleted_revision: result.deleted_revision,
         }))
@@ -210,12 +239,11 @@ impl EventStoreApi for EventStoreService {
 /// Converts a core subscription to the response stream; dropping it (the client went away)
 /// drops the receiver, which ends the subscriber task at once.
 fn subscription_stream<T: Send + 'static>(
-    subscription: crate::subscribe::Subscription,
+    subscription: highwater_core::subscribe::Subscription,
     respond: fn(SubscriptionMessage) -> T,
 ) -> SubscribeStream<T> {
     Box::pin(
-        ReceiverStream::new(subscription)
-            .map(move |message| message.map(respond).map_err(Status::from)),
+        ReceiverStream::new(subscription).map(move |message| message.map(respond).map_err(status)),
     )
 }
 
@@ -232,7 +260,7 @@ fn stream_pages<T: Send + 'static>(
                 Ok(page) if page.is_empty() => return,
                 Ok(page) => page,
                 Err(error) => {
-                    let _ = sender.send(Err(error.into())).await;
+                    let _ = sender.send(Err(error.into_status())).await;
                     return;
                 }
             };

@@ -31,7 +31,7 @@ use tower::Service;
 
 use super::middleware::{Around, BoxFuture};
 
-use crate::metrics;
+use highwater_core::metrics;
 
 /// Calls in progress on one connection, and when the last one ended.
 #[derive(Debug)]

@@ -1,11 +1,11 @@
-//! Thin gRPC adapters: protobuf in, core call, protobuf out; errors mapped by `crate::error`.
+//! Thin gRPC adapters: protobuf in, core call, protobuf out; errors mapped in `status`.
 
 pub mod admin;
 pub mod auth;
-pub mod codec;
 pub mod convert;
 pub mod event_store;
 pub mod idle;
 pub mod message_limit;
 pub mod middleware;
 pub mod request_id;
+pub mod status;

@@ -1,5 +1,5 @@
 //! The Prometheus exposition, served on `--metrics-listen` at `GET /metrics`: the counters and
-//! histograms the core records (`crate::metrics`), and gauges read at scrape time (the lag of
+//! histograms the core records (`highwater_core::metrics`), and gauges read at scrape time (the lag of
 //! durable subscriptions and projections comes from the database, so scraping costs a few
 //! queries).
 
@@ -7,10 +7,10 @@ use axum::{Router, http::header, routing::get};
 use tokio::{net::TcpListener, sync::watch};
 use tracing::warn;
 
-use crate::{
+use crate::services::ReadyCore;
+use highwater_core::{
     metrics::{RECORDED, gauge_header, sample},
     projection::rebuild::Phase,
-    services::ReadyCore,
     shutdown::stopped,
 };
 
@@ -199,7 +199,7 @@ pub async fn render(core: &ReadyCore) -> String {
 
 /// Rebuilds running on this server: phase (one series per phase, 1 for the current one) and
 /// progress.
-fn render_rebuilds(out: &mut String, projections: &[crate::projection::ProjectionInfo]) {
+fn render_rebuilds(out: &mut String, projections: &[highwater_core::projection::ProjectionInfo]) {
     const PHASES: [(Phase, &str); 7] = [
         (Phase::Starting, "starting"),
         (Phase::Backfilling, "backfilling"),

@@ -3,10 +3,9 @@
 //! panic; every bad request is INVALID_ARGUMENT; nothing is written.
 
 use bytes::{Buf, BufMut};
-use highwater::{
+use highwater::{grpc::convert, pb};
+use highwater_core::{
     error::Error,
-    grpc::convert,
-    pb,
     store::validate::{Limits, validate_append},
 };
 use prost::Message;

@@ -11,7 +11,7 @@ use std::{
 };
 
 use highwater::{
-    config::{Cli, ServeConfig},
+    config::ServeConfig,
     pb::{self, event_store_service_client::EventStoreServiceClient},
     server::Application,
 };
@@ -179,13 +179,21 @@ pub fn config_for(database_url: &str, extra: &[&str]) -> ServeConfig {
     args.extend_from_slice(extra);
     // Only the flags given here count: HIGHWATER_* variables of the shell running the tests
     // (such as HIGHWATER_AUTH_FILE) must not change the servers under test.
-    let command = <Cli as clap::CommandFactory>::command().mut_args(|arg| arg.env(None));
+    let command = <ServeFlags as clap::CommandFactory>::command().mut_args(|arg| arg.env(None));
     let matches = command
         .try_get_matches_from(args)
         .expect("valid test flags");
-    <Cli as clap::FromArgMatches>::from_arg_matches(&matches)
+    <ServeFlags as clap::FromArgMatches>::from_arg_matches(&matches)
         .expect("valid test flags")
         .serve
+}
+
+/// The server's flags, parsed as `highwater serve` parses them.
+#[derive(Debug, clap::Parser)]
+#[command(name = "highwater")]
+pub struct ServeFlags {
+    #[command(flatten)]
+    pub serve: ServeConfig,
 }
 
 /// A server running inside the test process.
@@ -194,9 +202,9 @@ pub struct RunningServer {
     /// The metrics endpoint, with `--metrics-listen`.
     pub metrics: Option<SocketAddr>,
     /// The server's subscribers and their progress.
-    pub subscribers: std::sync::Arc<highwater::subscribe::registry::Registry>,
+    pub subscribers: std::sync::Arc<highwater_core::subscribe::registry::Registry>,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<highwater::error::Result<()>>>,
+    task: Option<JoinHandle<highwater_core::error::Result<()>>>,
 }
 
 impl RunningServer {
@@ -263,7 +271,7 @@ impl RunningServer {
     }
 
     /// Graceful shutdown, as on SIGTERM; returns the server's result.
-    pub async fn stop(mut self) -> highwater::error::Result<()> {
+    pub async fn stop(mut self) -> highwater_core::error::Result<()> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

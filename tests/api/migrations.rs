@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use highwater::store::database::MIGRATOR;
+use highwater_core::store::database::MIGRATOR;
 
 const RELEASED: &str = include_str!("released_migrations.sha384");
 

@@ -1007,7 +1007,7 @@ async fn an_older_pending_version_never_replaces_a_newer_one() {
     // Another rebuild holds the lock: registrations store their versions and leave the build.
     let mut holder = app.database.connect().await;
     sqlx::query("SELECT pg_advisory_lock($1)")
-        .bind(highwater::projection::keys::rebuild_key("tally"))
+        .bind(highwater_core::projection::keys::rebuild_key("tally"))
         .execute(&mut holder)
         .await
         .unwrap();

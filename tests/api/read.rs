@@ -177,7 +177,7 @@ async fn streams_larger_than_a_page_read_completely_in_order() {
 /// data counted, and one page held all of them).
 #[tokio::test]
 async fn a_read_page_counts_metadata_towards_its_byte_bound() {
-    use highwater::store::{
+    use highwater_core::store::{
         model::Direction,
         reader::{PAGE_BYTES, ReadCursor},
     };
@@ -208,7 +208,7 @@ async fn a_read_page_counts_metadata_towards_its_byte_bound() {
     let sizes: Vec<usize> = pages.iter().map(Vec::len).collect();
     assert_eq!(sizes.iter().sum::<usize>(), 12);
     for page in &pages {
-        let bytes = |e: &highwater::store::model::RecordedEvent| {
+        let bytes = |e: &highwater_core::store::model::RecordedEvent| {
             e.data.len()
                 + serde_json::to_string(&e.metadata).unwrap().len()
                 + e.stream.len()

@@ -4,13 +4,13 @@ use std::time::Duration;
 
 use highwater::{
     auth::hash_token,
-    cli::BearerToken as Bearer,
     pb::{
         self, admin_service_client::AdminServiceClient,
         event_store_service_client::EventStoreServiceClient,
     },
     server::Application,
 };
+use highwater_cli::BearerToken as Bearer;
 use tonic::{
     Code, Request, Status,
     service::interceptor::InterceptedService,
@@ -611,7 +611,7 @@ async fn tokens_given_inline_with_auth_tokens_are_enforced() {
 
     // Not both sources at once, and not an empty list.
     let database = TestDatabase::new();
-    let both = <highwater::config::Cli as clap::Parser>::try_parse_from([
+    let both = <ServeFlags as clap::Parser>::try_parse_from([
         "highwater",
         "--auth-tokens",
         &tokens,

@@ -305,7 +305,7 @@ async fn connections_idle_past_the_timeout_are_closed_and_open_calls_keep_theirs
     use std::sync::atomic::Ordering;
     use tokio::io::AsyncReadExt;
     let closed = || {
-        highwater::metrics::RECORDED
+        highwater_core::metrics::RECORDED
             .idle_connections_closed
             .load(Ordering::Relaxed)
     };

@@ -87,7 +87,7 @@ pub struct TokenArgs {
     /// What the token may do: read (reads, subscriptions), write (also appends and checkpoints)
     /// or admin (also projections and rebuilds).
     #[arg(long)]
-    pub role: crate::auth::Role,
+    pub role: highwater_api::token::Role,
     /// A name for the token, shown in the server's refusals and logs.
     #[arg(long)]
     pub name: String,
@@ -165,13 +165,13 @@ pub async fn run(command: ClientCommand) -> ExitCode {
 }
 
 fn token(args: TokenArgs) -> CliResult {
-    let token = crate::auth::new_token();
+    let token = highwater_api::token::new_token();
     render::line(&format!(
         "token (give it to the client, as --token or HIGHWATER_TOKEN; it is not stored):\n{token}\n\n\
          entry for the auth file:\n[[token]]\nname = {:?}\nrole = \"{}\"\nsha256 = \"{}\"",
         args.name,
         args.role,
-        crate::auth::hash_token(&token)
+        highwater_api::token::hash_token(&token)
     ))?;
     Ok(())
 }

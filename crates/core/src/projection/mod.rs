@@ -1,4 +1,4 @@
-//! Server-side projections (ARCHITECTURE section 4): definitions, inline and async application,
+//! Server-side projections (docs/ARCHITECTURE.md, "Projections and the rebuild protocol"): definitions, inline and async application,
 //! rebuilds with advisory locks, blue/green versions, heartbeats and skip replay.
 
 pub mod apply;

@@ -4,7 +4,7 @@
 use clap::Args;
 
 use super::{CliResult, ClientArgs, connect, events::expected, render};
-use crate::pb::{
+use highwater_api::pb::{
     self, admin_service_client::AdminServiceClient, delete_stream_request,
     event_store_service_client::EventStoreServiceClient, hard_delete_stream_request,
 };

@@ -1,7 +1,9 @@
 //! `highwater bench`: a load generator that starts a server process on a fresh database and
 //! measures it, and measures raw PostgreSQL on the same machine in the same run, printing
-//! Highwater / raw ratios so the comparison holds on a noisy machine.
+//! Highwater / raw ratios so the comparison holds on a noisy machine. It talks to the server only
+//! over the public protocol (`highwater-api`), as any client would.
 
+mod error;
 mod raw;
 pub mod stats;
 
@@ -18,17 +20,15 @@ use tokio::task::JoinSet;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
-use crate::{
-    error::{Error, Result},
-    pb::{
-        self, admin_service_client::AdminServiceClient,
-        event_store_service_client::EventStoreServiceClient,
-    },
+pub use error::{Error, Result};
+use highwater_api::pb::{
+    self, admin_service_client::AdminServiceClient,
+    event_store_service_client::EventStoreServiceClient,
 };
 use stats::{Samples, header, row};
 
 /// The example projection, rebuilt by W6.
-const CART_SUMMARY: &str = include_str!("../../examples/projections/cart_summary.toml");
+const CART_SUMMARY: &str = include_str!("../../../examples/projections/cart_summary.toml");
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchConfig {

@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use base64::Engine;
 use serde_json::{Value, json};
 
-use crate::pb;
+use highwater_api::pb;
 
 /// Longest data shown in a table cell or an event line; `--json` shows all of it.
 const DATA_PREVIEW_CHARS: usize = 80;

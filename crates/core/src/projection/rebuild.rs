@@ -1,4 +1,4 @@
-//! The rebuild orchestrator (ARCHITECTURE section 4, steps 1 to 6).
+//! The rebuild orchestrator (docs/ARCHITECTURE.md, "Projections and the rebuild protocol", steps 1 to 6).
 //!
 //! A rebuild runs on a dedicated connection that holds the projection's rebuild lock (session
 //! advisory lock) from start to end: if the process dies, the lock goes with its connection and

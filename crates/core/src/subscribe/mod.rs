@@ -1,4 +1,4 @@
-//! Subscriptions (ARCHITECTURE section 3): one hub per process turns commit notifications into
+//! Subscriptions (docs/ARCHITECTURE.md, "Subscriptions"): one hub per process turns commit notifications into
 //! batches of new events; each subscriber reads history from the database, then follows the hub.
 
 pub mod checkpoints;

@@ -1,12 +1,5 @@
-//! The one error type of the core, and its one mapping to `tonic::Status`.
-
-use std::collections::HashMap;
-
-use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
-
-/// The `ErrorInfo` domain of every error Highwater reports.
-pub const ERROR_DOMAIN: &str = "highwater.dev";
+//! The one error type of the core. The server maps it to `tonic::Status` in one place
+//! (`highwater::grpc::status`); the core itself knows no gRPC.
 
 /// One invalid field of a request: `field` is its path in the request, such as `events[2].id`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,54 +114,5 @@ pub fn is_connection_error(error: &sqlx::Error) -> bool {
             code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
         }),
         _ => false,
-    }
-}
-
-impl From<Error> for Status {
-    fn from(error: Error) -> Self {
-        let message = error.to_string();
-        match error {
-            Error::InvalidArgument(violations) => {
-                let mut details = ErrorDetails::new();
-                for violation in violations {
-                    details.add_bad_request_violation(violation.field, violation.description);
-                }
-                Status::with_error_details(Code::InvalidArgument, message, details)
-            }
-            Error::WrongExpectedRevision {
-                stream,
-                expected,
-                actual,
-            } => {
-                let metadata = HashMap::from([
-                    ("stream".to_string(), stream),
-                    ("expected".to_string(), expected),
-                    ("actual".to_string(), actual),
-                ]);
-                let details = ErrorDetails::with_error_info(
-                    "WRONG_EXPECTED_REVISION",
-                    ERROR_DOMAIN,
-                    metadata,
-                );
-                Status::with_error_details(Code::Aborted, message, details)
-            }
-            Error::DuplicateEventId { id } => {
-                let metadata = HashMap::from([("id".to_string(), id)]);
-                let details =
-                    ErrorDetails::with_error_info("DUPLICATE_EVENT_ID", ERROR_DOMAIN, metadata);
-                Status::with_error_details(Code::AlreadyExists, message, details)
-            }
-            Error::StreamNotFound(_)
-            | Error::SubscriptionNotFound(_)
-            | Error::ProjectionNotFound(_) => Status::not_found(message),
-            Error::FailedPrecondition(_) => Status::failed_precondition(message),
-            Error::Unavailable(_) => Status::unavailable(message),
-            Error::ResourceExhausted(_) => Status::resource_exhausted(message),
-            Error::PermissionDenied(_) => Status::permission_denied(message),
-            Error::Internal(_) | Error::Startup(_) => {
-                tracing::error!(error = %message, "internal error");
-                Status::internal(message)
-            }
-        }
     }
 }

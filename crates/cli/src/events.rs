@@ -7,7 +7,7 @@ use tonic::Code;
 use uuid::Uuid;
 
 use super::{CliError, CliResult, ClientArgs, Connection, connect, render};
-use crate::pb::{
+use highwater_api::pb::{
     self, append_request::Expected, event_store_service_client::EventStoreServiceClient,
     subscribe_all_request::Start, subscribe_all_response::Content,
 };

@@ -9,7 +9,7 @@ use super::{
     progress::{ProgressDisplay, phase_name, thousands},
     render::{self, Table, timestamp},
 };
-use crate::pb::{
+use highwater_api::pb::{
     self, admin_service_client::AdminServiceClient,
     event_store_service_client::EventStoreServiceClient, rebuild_progress::Phase,
 };

@@ -5,7 +5,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::pb::{self, rebuild_progress::Phase};
+use highwater_api::pb::{self, rebuild_progress::Phase};
 
 /// Width of the bar, in characters.
 const BAR_WIDTH: usize = 30;

@@ -1,4 +1,4 @@
-//! Code generated from `proto/` by `build.rs`: messages, server and client.
+//! Code generated from `proto/` by this crate's `build.rs`: messages, server and client.
 
 #![allow(clippy::all, missing_docs)]
 

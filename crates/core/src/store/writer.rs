@@ -1,4 +1,4 @@
-//! The writer: one task per process that owns every append (ARCHITECTURE section 1).
+//! The writer: one task per process that owns every append (docs/ARCHITECTURE.md, "The writer").
 //!
 //! Appends queue on a channel. The task takes whatever has queued while the previous group was
 //! committing (group commit: no timer, so a lone append is written at once) and writes the group
