@@ -31,8 +31,8 @@ use crate::{
 };
 use highwater_core::{
     error::{Error, Result},
-    projection::Projections,
-    shutdown::stopped,
+    projection::{Projections, catalog::InlineSource},
+    shutdown::{Tasks, stopped},
     store::{Store, database},
     subscribe::{Subscriptions, hub::Hub, registry::Registry},
 };
@@ -150,8 +150,10 @@ impl Application {
             .expect("a bound listener has an address")
     }
 
-    /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
-    /// (within the grace period), answers every queued append, and stops the private database.
+    /// Serves until `shutdown` completes (or the gRPC server fails on its own), then stops
+    /// accepting, lets in-flight requests finish (within the grace period), answers every queued
+    /// append, waits for every background task (within the grace period again) and stops the
+    /// private database (docs/ARCHITECTURE.md, "Tasks and shutdown").
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -164,164 +166,272 @@ impl Application {
             database,
             subscribers,
         } = self;
-        let address = listener
-            .local_addr()
-            .map_err(|e| Error::Startup(e.to_string()))?;
-
-        // Flipped to true once, when shutdown begins; every background task watches it.
-        let (stop_sender, stop) = watch::channel(false);
-        tokio::spawn(async move {
-            shutdown.await;
-            let _ = stop_sender.send(true);
-        });
+        let grace = Duration::from_secs(config.shutdown_grace_secs);
+        // Flipped to true once, when shutdown begins: by the signal, or by this function when
+        // the server fails. Every background task watches it.
+        let stop_sender = Arc::new(watch::Sender::new(false));
+        let tasks = Tasks::new(stop_sender.subscribe());
+        tasks.spawn(
+            "shutdown-signal",
+            forward_shutdown(shutdown, stop_sender.clone()),
+        );
 
         let (health, health_service) = tonic_health::server::health_reporter();
         set_health(&health, ServingStatus::NotServing).await;
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(|error| Error::Startup(format!("reflection: {error}")))?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()
-            .map_err(|error| Error::Startup(format!("reflection: {error}")))?;
-
         let ready_core = ReadyCore::default();
         if let Some(metrics_listener) = metrics_listener {
-            if let Ok(metrics_address) = metrics_listener.local_addr() {
-                info!(%metrics_address, "serving metrics at /metrics");
-            }
-            tokio::spawn(crate::http::metrics::serve(
-                metrics_listener,
-                ready_core.clone(),
-                stop.clone(),
-            ));
+            serve_metrics(metrics_listener, &ready_core, &tasks);
         }
-        // Room for a maximal append plus protobuf framing; larger messages never reach validation
-        // (MessageLimit refuses them from their frame header).
-        let max_message = config.max_append_bytes.saturating_add(1024 * 1024);
-        let admin = AdminServiceServer::new(AdminService::new(ready_core.clone()))
-            .max_decoding_message_size(max_message);
-        let event_store = EventStoreServiceServer::new(EventStoreService::new(ready_core.clone()))
-            .max_decoding_message_size(max_message)
-            .max_encoding_message_size(
-                config
-                    .max_event_bytes
-                    .saturating_add(1024 * 1024)
-                    .max(4 << 20),
-            );
+        let mut server = serve_grpc(
+            listener,
+            security,
+            &config,
+            health_service,
+            &ready_core,
+            &tasks,
+        )?;
 
-        let keepalive =
-            (config.keepalive_secs > 0).then(|| Duration::from_secs(config.keepalive_secs));
-        let mut builder = Server::builder()
-            .max_concurrent_streams(config.max_streams_per_connection)
-            .http2_keepalive_interval(keepalive)
-            .http2_keepalive_timeout(Some(Duration::from_secs(config.keepalive_timeout_secs)));
-        let tls = security.tls.is_some();
-        if let Some(tls) = security.tls {
-            builder = builder
-                .tls_config(tls)
-                .map_err(|error| Error::Startup(format!("TLS: {error}")))?;
-        }
-        let authenticated = security.tokens.is_some();
-        let idle_timeout =
-            (config.idle_timeout_secs > 0).then(|| Duration::from_secs(config.idle_timeout_secs));
-        let mut server: JoinHandle<Result<(), tonic::transport::Error>> = tokio::spawn(
-            builder
-                // Outermost first: every call counts as activity, refused ones too; refusals are
-                // logged and answered with the request id.
-                .layer(AroundLayer(IdleTracking))
-                .layer(AroundLayer(RequestId))
-                .layer(AroundLayer(Authenticate::new(security.tokens)))
-                .layer(AroundLayer(MessageLimit::new(
-                    max_message,
-                    config.max_request_bytes_in_flight,
-                )))
-                .add_service(health_service)
-                .add_service(reflection_v1)
-                .add_service(reflection_v1alpha)
-                .add_service(event_store)
-                .add_service(admin)
-                .serve_with_incoming_shutdown(
-                    TcpListenerStream::new(listener)
-                        .map(move |accepted| accepted.map(|io| IdleIo::new(io, idle_timeout))),
-                    stopped(stop.clone()),
-                ),
-        );
-        info!(%address, tls, authenticated, "listening");
-
-        let prepared = tokio::select! {
-            prepared = prepare(&database.options, &config, &subscribers, &stop) => Some(prepared),
-            () = stopped(stop.clone()) => None,
+        let started = start_serving(
+            &database,
+            &config,
+            &subscribers,
+            &ready_core,
+            &health,
+            &tasks,
+        )
+        .await;
+        let (running, mut failure) = match started {
+            Ok(running) => (running, None),
+            Err(error) => (None, Some(error)),
         };
-        let running = match prepared {
-            Some(Ok((pool, hub, hub_task))) => {
-                let (core, writer) =
-                    match start_core(&pool, hub, &database.options, &config, &stop).await {
-                        Ok(started) => started,
-                        Err(error) => {
-                            error!(%error, "cannot start");
-                            server.abort();
-                            database.close().await?;
-                            return Err(error);
-                        }
-                    };
-                let store = core.store.clone();
-                ready_core.set(core);
-                set_health(&health, ServingStatus::Serving).await;
-                tokio::spawn(watch_database(pool.clone(), health.clone(), stop.clone()));
-                info!("ready");
-                Some((pool, store, writer, hub_task))
-            }
-            Some(Err(error)) => {
-                error!(%error, "cannot prepare the database");
-                server.abort();
-                database.close().await?;
-                return Err(error);
-            }
-            None => None,
-        };
-
-        let mut server_finished = false;
-        tokio::select! {
-            () = stopped(stop.clone()) => {}
-            finished = &mut server => {
-                // The server also finishes on its own once shutdown has begun; anything else is
-                // a failure.
-                if !*stop.borrow() {
-                    let error = match finished {
-                        Ok(Ok(())) => Error::Internal("server stopped unexpectedly".into()),
-                        Ok(Err(error)) => Error::Internal(format!("server failed: {error}")),
-                        Err(error) => Error::Internal(format!("server task failed: {error}")),
-                    };
-                    database.close().await?;
-                    return Err(error);
-                }
-                server_finished = true;
-            }
+        if failure.is_none() {
+            failure = wait_for_stop_or_failure(&mut server, &tasks).await;
         }
+        let _ = stop_sender.send(true);
 
         info!("shutting down: no new connections, finishing in-flight requests");
         set_health(&health, ServingStatus::NotServing).await;
-        let grace = Duration::from_secs(config.shutdown_grace_secs);
-        if !server_finished && tokio::time::timeout(grace, &mut server).await.is_err() {
-            warn!(
-                grace_secs = grace.as_secs(),
-                "in-flight requests outlived the grace period; cutting them off"
-            );
-            server.abort();
+        finish_requests(server, grace).await;
+        if let Some(running) = running {
+            running.stop().await;
         }
-        if let Some((pool, store, writer, hub_task)) = running {
-            store.stop().await;
-            let _ = writer.await;
-            let _ = hub_task.await;
+        if let Err(still_running) = tasks.join(grace).await {
+            warn!(
+                still_running,
+                grace_secs = grace.as_secs(),
+                "background tasks outlived the grace period"
+            );
+        }
+        if let Some(pool) = ready_core.get().ok().map(|core| core.store.pool().clone()) {
             pool.close().await;
         }
         database.close().await?;
-        info!("stopped");
-        Ok(())
+        match failure {
+            Some(error) => Err(error),
+            None => {
+                info!("stopped");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Sends the stop once `shutdown` completes, unless the server stopped first.
+async fn forward_shutdown(
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    stop: Arc<watch::Sender<bool>>,
+) {
+    let mut stopping = stop.subscribe();
+    tokio::select! {
+        () = shutdown => {
+            let _ = stop.send(true);
+        }
+        _ = stopping.wait_for(|stopping| *stopping) => {}
+    }
+}
+
+/// Serves Prometheus metrics on `listener` until shutdown.
+fn serve_metrics(listener: TcpListener, ready_core: &ReadyCore, tasks: &Tasks) {
+    if let Ok(metrics_address) = listener.local_addr() {
+        info!(%metrics_address, "serving metrics at /metrics");
+    }
+    tasks.spawn(
+        "metrics",
+        crate::http::metrics::serve(listener, ready_core.clone(), tasks.stop()),
+    );
+}
+
+/// The gRPC server's task: it ends when shutdown begins and its in-flight requests finish.
+type GrpcServer = JoinHandle<Result<(), tonic::transport::Error>>;
+
+/// Starts the gRPC server (health, reflection, the event store and admin services behind the
+/// request layers) on `listener`. Requests before the core is ready answer UNAVAILABLE.
+fn serve_grpc(
+    listener: TcpListener,
+    security: Security,
+    config: &ServeConfig,
+    health_service: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    ready_core: &ReadyCore,
+    tasks: &Tasks,
+) -> Result<GrpcServer> {
+    let address = listener
+        .local_addr()
+        .map_err(|e| Error::Startup(e.to_string()))?;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|error| Error::Startup(format!("reflection: {error}")))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|error| Error::Startup(format!("reflection: {error}")))?;
+    // Room for a maximal append plus protobuf framing; larger messages never reach validation
+    // (MessageLimit refuses them from their frame header).
+    let max_message = config.max_append_bytes.saturating_add(1024 * 1024);
+    let admin = AdminServiceServer::new(AdminService::new(ready_core.clone()))
+        .max_decoding_message_size(max_message);
+    let event_store = EventStoreServiceServer::new(EventStoreService::new(ready_core.clone()))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(
+            config
+                .max_event_bytes
+                .saturating_add(1024 * 1024)
+                .max(4 << 20),
+        );
+
+    let keepalive = (config.keepalive_secs > 0).then(|| Duration::from_secs(config.keepalive_secs));
+    let mut builder = Server::builder()
+        .max_concurrent_streams(config.max_streams_per_connection)
+        .http2_keepalive_interval(keepalive)
+        .http2_keepalive_timeout(Some(Duration::from_secs(config.keepalive_timeout_secs)));
+    let tls = security.tls.is_some();
+    if let Some(tls) = security.tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|error| Error::Startup(format!("TLS: {error}")))?;
+    }
+    let authenticated = security.tokens.is_some();
+    let idle_timeout =
+        (config.idle_timeout_secs > 0).then(|| Duration::from_secs(config.idle_timeout_secs));
+    let server = builder
+        // Outermost first: every call counts as activity, refused ones too; refusals are
+        // logged and answered with the request id.
+        .layer(AroundLayer(IdleTracking))
+        .layer(AroundLayer(RequestId))
+        .layer(AroundLayer(Authenticate::new(security.tokens)))
+        .layer(AroundLayer(MessageLimit::new(
+            max_message,
+            config.max_request_bytes_in_flight,
+        )))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(event_store)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener)
+                .map(move |accepted| accepted.map(|io| IdleIo::new(io, idle_timeout))),
+            stopped(tasks.stop()),
+        );
+    let server = tasks.spawn("grpc", server);
+    info!(%address, tls, authenticated, "listening");
+    Ok(server)
+}
+
+/// What runs once the database is ready, stopped in this order at shutdown.
+struct Running {
+    store: Store,
+    writer: JoinHandle<()>,
+    hub: JoinHandle<()>,
+}
+
+impl Running {
+    /// Answers every queued append, then waits for the writer and the hub to end.
+    async fn stop(self) {
+        self.store.stop().await;
+        let _ = self.writer.await;
+        let _ = self.hub.await;
+    }
+}
+
+/// Connects and migrates (retrying while the database is unreachable, until shutdown), starts
+/// the core, and reports SERVING. `Ok(None)`: shutdown began first.
+async fn start_serving(
+    database: &Database,
+    config: &ServeConfig,
+    subscribers: &Arc<Registry>,
+    ready_core: &ReadyCore,
+    health: &HealthReporter,
+    tasks: &Tasks,
+) -> Result<Option<Running>> {
+    let prepared = tokio::select! {
+        prepared = prepare(&database.options, config, subscribers, tasks) => prepared,
+        () = stopped(tasks.stop()) => return Ok(None),
+    };
+    let (pool, hub, hub_task) = prepared.inspect_err(|error| {
+        error!(%error, "cannot prepare the database");
+    })?;
+    let started = start_core(&pool, hub, &database.options, config, tasks).await;
+    let (core, writer) = match started {
+        Ok(started) => started,
+        Err(error) => {
+            // The hub ends with the stop that follows, and is joined with every other task.
+            error!(%error, "cannot start");
+            drop(hub_task);
+            return Err(error);
+        }
+    };
+    let running = Running {
+        store: core.store.clone(),
+        writer,
+        hub: hub_task,
+    };
+    ready_core.set(core);
+    set_health(health, ServingStatus::Serving).await;
+    tasks.spawn(
+        "database-health",
+        watch_database(pool, health.clone(), tasks.stop()),
+    );
+    info!("ready");
+    Ok(Some(running))
+}
+
+/// Waits for shutdown. `Some` when the gRPC server ended on its own first: a failure.
+async fn wait_for_stop_or_failure(server: &mut GrpcServer, tasks: &Tasks) -> Option<Error> {
+    tokio::select! {
+        () = stopped(tasks.stop()) => None,
+        finished = &mut *server => {
+            // The server also finishes on its own once shutdown has begun; anything else is a
+            // failure.
+            if tasks.is_stopping() {
+                return None;
+            }
+            let error = match finished {
+                Ok(Ok(())) => Error::Internal("server stopped unexpectedly".into()),
+                Ok(Err(error)) => Error::Internal(format!("server failed: {error}")),
+                Err(error) => Error::Internal(format!("server task failed: {error}")),
+            };
+            error!(%error, "gRPC server ended; stopping everything else");
+            Some(error)
+        }
+    }
+}
+
+/// Lets in-flight requests finish within `grace`, then cuts them off.
+async fn finish_requests(mut server: GrpcServer, grace: Duration) {
+    if server.is_finished() {
+        return;
+    }
+    if tokio::time::timeout(grace, &mut server).await.is_err() {
+        warn!(
+            grace_secs = grace.as_secs(),
+            "in-flight requests outlived the grace period; cutting them off"
+        );
+        server.abort();
     }
 }
 
@@ -332,18 +442,21 @@ async fn start_core(
     hub: Arc<Hub>,
     options: &PgConnectOptions,
     config: &ServeConfig,
-    stop: &watch::Receiver<bool>,
+    tasks: &Tasks,
 ) -> Result<(Core, JoinHandle<()>)> {
     let projection_settings = config.projection_settings();
     let (store, writer) = Store::start(
         pool.clone(),
         config.limits(),
-        projection_settings.sql_timeout,
+        InlineSource {
+            sql_timeout: projection_settings.sql_timeout,
+        },
+        tasks,
     );
     let subscriptions = Subscriptions::new(
         pool.clone(),
         hub.clone(),
-        stop.clone(),
+        tasks.clone(),
         config.max_subscribers as usize,
     );
     let projections = Arc::new(Projections::new(
@@ -352,6 +465,7 @@ async fn start_core(
         config.node(),
         projection_settings,
         hub,
+        tasks.clone(),
     ));
     if let Err(error) = projections.secure_existing().await {
         store.stop().await;
@@ -365,13 +479,14 @@ async fn start_core(
         let _ = writer.await;
         return Err(error);
     }
-    tokio::spawn(projections.clone().supervise(stop.clone()));
-    tokio::spawn(store.erases().sweep(pool.clone(), stop.clone()));
+    tasks.spawn("projection-supervisor", projections.clone().supervise());
+    tasks.spawn("erase-sweep", store.erases().sweep(pool.clone()));
     Ok((
         Core {
             store,
             subscriptions,
             projections,
+            tasks: tasks.clone(),
         },
         writer,
     ))
@@ -383,7 +498,7 @@ async fn prepare(
     options: &PgConnectOptions,
     config: &ServeConfig,
     subscribers: &Arc<Registry>,
-    stop: &watch::Receiver<bool>,
+    tasks: &Tasks,
 ) -> Result<(PgPool, Arc<Hub>, JoinHandle<()>)> {
     let mut delay = CONNECT_RETRY_FIRST;
     loop {
@@ -396,7 +511,7 @@ async fn prepare(
                 options,
                 subscribers.clone(),
                 config.live_buffer_batches as usize,
-                stop.clone(),
+                tasks,
             )
             .await?;
             Ok::<_, Error>((pool, hub, hub_task))

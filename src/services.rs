@@ -5,7 +5,7 @@
 use std::sync::{Arc, OnceLock};
 
 use highwater_core::{
-    error::Error, projection::Projections, store::Store, subscribe::Subscriptions,
+    error::Error, projection::Projections, shutdown::Tasks, store::Store, subscribe::Subscriptions,
 };
 
 /// The core services the adapters call.
@@ -14,6 +14,8 @@ pub struct Core {
     pub store: Store,
     pub subscriptions: Subscriptions,
     pub projections: Arc<Projections>,
+    /// The owner of background tasks, for the adapters' own (a read's stream to its client).
+    pub tasks: Tasks,
 }
 
 /// The core, once the database is ready. Requests arriving before then are answered

@@ -289,10 +289,7 @@ fn projection_info(info: highwater_core::projection::ProjectionInfo) -> pb::Proj
         .versions
         .iter()
         .find(|v| Some(v.version) == info.active_version);
-    let building = info
-        .versions
-        .iter()
-        .find(|v| v.status == "building" || v.status == "rebuilding");
+    let building = info.versions.iter().find(|v| v.status.is_rebuild());
     let shown = active.or(info.versions.first());
     let owner = building.or(active);
     pb::ProjectionInfo {
@@ -304,7 +301,7 @@ fn projection_info(info: highwater_core::projection::ProjectionInfo) -> pb::Proj
         } as i32,
         active_version: info.active_version.unwrap_or(0) as u32,
         building_version: building.map_or(0, |v| v.version as u32),
-        status: shown.map(|v| v.status.clone()).unwrap_or_default(),
+        status: shown.map(|v| v.status.to_string()).unwrap_or_default(),
         applied_position: active.map_or(0, |v| v.applied_position),
         head: info.head,
         lag_events: info.lag_events,
@@ -314,7 +311,7 @@ fn projection_info(info: highwater_core::projection::ProjectionInfo) -> pb::Proj
             .unwrap_or_default(),
         heartbeat_at: owner
             .and_then(|v| v.heartbeat_us)
-            .map(|us| highwater_core::store::reader::micros_to_time(us).into()),
+            .map(|us| highwater_core::store::columns::micros_to_time(us).into()),
         pending_skips: info.pending_skips,
         archived_skips: info.archived_skips,
         dead_letters: info.dead_letters,
@@ -325,12 +322,12 @@ fn projection_info(info: highwater_core::projection::ProjectionInfo) -> pb::Proj
             .iter()
             .map(|v| pb::ProjectionVersion {
                 version: v.version as u32,
-                status: v.status.clone(),
+                status: v.status.to_string(),
                 applied_position: v.applied_position,
                 rebuild_owner: v.rebuild_owner.clone().unwrap_or_default(),
                 heartbeat_at: v
                     .heartbeat_us
-                    .map(|us| highwater_core::store::reader::micros_to_time(us).into()),
+                    .map(|us| highwater_core::store::columns::micros_to_time(us).into()),
                 events_per_second: v.events_per_second.unwrap_or(0.0),
                 last_error: v.last_error.clone().unwrap_or_default(),
                 table: v.definition.table(v.version),

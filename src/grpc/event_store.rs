@@ -17,6 +17,7 @@ use crate::{
     pb::{self, event_store_service_server::EventStoreService as EventStoreApi},
 };
 use highwater_core::{
+    shutdown::Tasks,
     store::{
         deletion::Deletion,
         reader::{Prefetch, ReadCursor},
@@ -68,10 +69,8 @@ impl EventStoreApi for EventStoreService {
     ) -> Result<Response<Self::ReadStreamStream>, Status> {
         let request = request.into_inner();
         let direction = convert::direction(request.direction).or_status()?;
-        let cursor = self
-            .core
-            .get()
-            .or_status()?
+        let core = self.core.get().or_status()?;
+        let cursor = core
             .store
             .read_stream(
                 request.stream,
@@ -81,7 +80,7 @@ impl EventStoreApi for EventStoreService {
             )
             .await
             .or_status()?;
-        Ok(Response::new(stream_pages(cursor, |event| {
+        Ok(Response::new(stream_pages(&core.tasks, cursor, |event| {
             pb::ReadStreamResponse { event: Some(event) }
         })))
     }
@@ -95,12 +94,11 @@ impl EventStoreApi for EventStoreService {
     ) -> Result<Response<Self::ReadAllStream>, Status> {
         let request = request.into_inner();
         let direction = convert::direction(request.direction).or_status()?;
-        let cursor = self.core.get().or_status()?.store.read_all(
-            request.after_position,
-            direction,
-            request.max_count,
-        );
-        Ok(Response::new(stream_pages(cursor, |event| {
+        let core = self.core.get().or_status()?;
+        let cursor = core
+            .store
+            .read_all(request.after_position, direction, request.max_count);
+        Ok(Response::new(stream_pages(&core.tasks, cursor, |event| {
             pb::ReadAllResponse { event: Some(event) }
         })))
     }
@@ -249,12 +247,14 @@ fn subscription_stream<T: Send + 'static>(
 
 /// Streams a cursor's pages to the client; stops as soon as the client goes away.
 fn stream_pages<T: Send + 'static>(
+    tasks: &Tasks,
     cursor: ReadCursor,
     respond: fn(pb::RecordedEvent) -> T,
 ) -> ReadStream<T> {
     let (sender, receiver) = mpsc::channel(READ_BUFFER);
-    tokio::spawn(async move {
-        let mut cursor = Prefetch::new(cursor);
+    let read_ahead = tasks.clone();
+    tasks.spawn("read-stream", async move {
+        let mut cursor = Prefetch::new(cursor, &read_ahead);
         loop {
             let page = match cursor.next_page().await {
                 Ok(page) if page.is_empty() => return,

@@ -14,6 +14,7 @@ use highwater::pb::{
 };
 use sqlx::Connection;
 use tonic::{Code, transport::Channel};
+use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::helpers::*;
 
@@ -1037,4 +1038,114 @@ async fn an_older_pending_version_never_replaces_a_newer_one() {
         .await
         .unwrap();
     assert_eq!(n, 100);
+}
+
+/// A rebuild is a task of the server: when the server stops, the rebuild stops at its next batch
+/// (its connection, and with it the rebuild lock, closed before `run_until_stopped` returns),
+/// its caller is told why, and the version is left to be resumed, not failed. A server started
+/// afterwards resumes it from its last batch once the heartbeat is stale. Before, the rebuild
+/// ran on, detached, after its server had stopped.
+#[tokio::test]
+async fn a_rebuild_running_at_shutdown_stops_with_its_server_and_is_resumed_after() {
+    let flags = [
+        "--projections",
+        EXAMPLES,
+        "--projection-batch-size",
+        "20",
+        "--rebuild-batch-pause-ms",
+        "10",
+        "--rebuild-heartbeat-timeout-ms",
+        "1000",
+        "--projection-supervise-ms",
+        "200",
+    ];
+    let mut app = TestApp::spawn_with(&flags).await;
+    let mut first = admin(app.server.endpoint()).await;
+    wait_active(&mut first, "cart_summary", 1, Duration::from_secs(10)).await;
+    for cart in 0..20 {
+        for batch in 0..10 {
+            let events = (batch * 10..batch * 10 + 10).map(cart_event).collect();
+            app.append(append_request(&format!("cart-{cart}"), None, events))
+                .await
+                .unwrap();
+        }
+    }
+    let request = AdminRebuildRequest {
+        projection: "cart_summary".into(),
+        strategy: RebuildStrategy::BlueGreen as i32,
+    };
+    let mut progress = first.admin_rebuild(request).await.unwrap().into_inner();
+    loop {
+        let message = progress
+            .message()
+            .await
+            .unwrap()
+            .expect("progress until the stop")
+            .progress
+            .expect("progress");
+        assert_ne!(message.phase(), Phase::Done, "finished before the stop");
+        if message.position >= 200 {
+            break;
+        }
+    }
+
+    let TestApp {
+        server,
+        client,
+        database,
+    } = app;
+    drop(client);
+    server.stop().await.expect("graceful stop");
+    let mut last = None;
+    while let Ok(Some(message)) = progress.message().await {
+        last = message.progress;
+    }
+    let last = last.expect("a last progress message");
+    assert_eq!(last.phase(), Phase::Failed, "{last:?}");
+    assert!(last.error.contains("stopping"), "{last:?}");
+
+    // Nothing of the rebuild runs once its server has stopped.
+    let mut connection = database.connect().await;
+    let rebuild_connections: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+          WHERE datname = current_database() AND application_name LIKE 'highwater-rebuild%'",
+    )
+    .fetch_one(&mut connection)
+    .await
+    .unwrap();
+    assert_eq!(rebuild_connections, 0, "a rebuild outlived its server");
+    let (status, applied): (String, i64) = sqlx::query_as(
+        "SELECT status, applied_position FROM projection_versions
+          WHERE name = 'cart_summary' AND version = 2",
+    )
+    .fetch_one(&mut connection)
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let applied_later: i64 = sqlx::query_scalar(
+        "SELECT applied_position FROM projection_versions
+          WHERE name = 'cart_summary' AND version = 2",
+    )
+    .fetch_one(&mut connection)
+    .await
+    .unwrap();
+    assert_eq!(status, "building", "the version is left to be resumed");
+    assert!((200..2000).contains(&applied), "stopped partway: {applied}");
+    assert_eq!(applied_later, applied, "no batch after the stop");
+
+    let server = RunningServer::start(config_for(&database.url, &flags)).await;
+    server
+        .wait_for_health(ServingStatus::Serving, Duration::from_secs(30))
+        .await;
+    let mut resumed = admin(server.endpoint()).await;
+    wait_active(&mut resumed, "cart_summary", 2, Duration::from_secs(60)).await;
+    let mut client = server.client().await;
+    let log = read_all_from(&mut client, 0, pb::Direction::Forwards, 0)
+        .await
+        .unwrap();
+    assert_eq!(log.len(), 2000);
+    assert_eq!(
+        read_model(&database, "projections.cart_summary").await,
+        fold(&log)
+    );
 }

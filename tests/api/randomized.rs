@@ -254,13 +254,20 @@ impl Drop for Cluster {
     }
 }
 
-/// Codes a call may meet while servers are killed and rebuilds race: the client retries or
-/// gives up knowingly. Anything else (INTERNAL above all) is a finding.
-fn transient(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
-    )
+/// Answers a call may meet while servers are killed and rebuilds race: the client retries or
+/// gives up knowingly. Anything else (an INTERNAL from a server above all) is a finding. The
+/// client's own transport failing is not the server's answer: a server going away sends GOAWAY,
+/// and a call that raced it fails in the client's HTTP/2 layer (tonic calls that INTERNAL,
+/// with the transport error as its source) without having reached the server.
+fn transient(status: &tonic::Status) -> bool {
+    let client_transport = status.code() == Code::Internal
+        && std::error::Error::source(status)
+            .is_some_and(|source| source.is::<tonic::transport::Error>());
+    client_transport
+        || matches!(
+            status.code(),
+            Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+        )
 }
 
 fn seed() -> u64 {
@@ -485,7 +492,7 @@ fn disturb(
                             *next = (*next).max(free);
                         }
                     }
-                    Err(status) if transient(status.code()) => {}
+                    Err(status) if transient(&status) => {}
                     Err(status) => {
                         w.finding(format!("register {name} v{version}: {status:?}"));
                     }
@@ -518,8 +525,7 @@ fn disturb(
                 match admin.register_projection(request).await {
                     Ok(_) => {}
                     Err(status)
-                        if transient(status.code())
-                            || status.code() == Code::FailedPrecondition => {}
+                        if transient(&status) || status.code() == Code::FailedPrecondition => {}
                     Err(status) => world
                         .lock()
                         .unwrap()
@@ -545,9 +551,11 @@ fn disturb(
                     let mut stream = admin.admin_rebuild(request).await?.into_inner();
                     while let Some(message) = stream.message().await? {
                         let progress = message.progress.unwrap_or_default();
-                        // A rebuild stops when a newer version is registered meanwhile.
+                        // A rebuild stops when a newer version is registered meanwhile, and
+                        // when its server stops (SIGTERM), to be resumed by a running one.
                         if progress.phase() == pb::rebuild_progress::Phase::Failed
                             && !progress.error.contains("superseded by a newer version")
+                            && !progress.error.contains("the server is stopping")
                         {
                             return Err(tonic::Status::internal(format!(
                                 "rebuild failed: {progress:?}"
@@ -559,8 +567,7 @@ fn disturb(
                 match tokio::time::timeout(Duration::from_secs(120), outcome).await {
                     Ok(Ok(())) => {}
                     Ok(Err(status))
-                        if transient(status.code())
-                            || status.code() == Code::FailedPrecondition => {}
+                        if transient(&status) || status.code() == Code::FailedPrecondition => {}
                     Ok(Err(status)) => world
                         .lock()
                         .unwrap()
@@ -592,7 +599,7 @@ fn disturb(
                 match client.delete_stream(request).await {
                     Ok(_) => {}
                     Err(status)
-                        if transient(status.code())
+                        if transient(&status)
                             || matches!(
                                 status.code(),
                                 Code::NotFound | Code::FailedPrecondition
@@ -625,7 +632,7 @@ fn disturb(
                 match admin.hard_delete_stream(request).await {
                     Ok(_) => {}
                     Err(status)
-                        if transient(status.code())
+                        if transient(&status)
                             || matches!(
                                 status.code(),
                                 Code::NotFound | Code::FailedPrecondition
@@ -701,7 +708,7 @@ async fn append_loop(
                 {
                     break;
                 }
-                Err(status) if transient(status.code()) && attempts < 200 => {
+                Err(status) if transient(&status) && attempts < 200 => {
                     // No answer: the append may or may not be stored. Resend it, same ids,
                     // through whichever server is up; the server makes it a replay.
                     node = 1 - node;

@@ -8,7 +8,7 @@ pub mod highwater {
     }
 }
 
-pub use highwater::v1::*;
+pub use self::highwater::v1::*;
 
 /// The encoded descriptors of `proto/`, served by reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("highwater_descriptor");

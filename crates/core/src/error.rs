@@ -1,5 +1,5 @@
 //! The one error type of the core. The server maps it to `tonic::Status` in one place
-//! (`highwater::grpc::status`); the core itself knows no gRPC.
+//! (`grpc/status.rs` of the server crate); the core itself knows no gRPC.
 
 /// One invalid field of a request: `field` is its path in the request, such as `events[2].id`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! The metrics the core records as things happen: counters and histograms in one static registry,
-//! with no dependency on any other module. The HTTP adapter (`highwater::http::metrics`, in the server crate) renders them
-//! with the gauges it reads at scrape time.
+//! with no dependency on any other module. The HTTP adapter (`http/metrics.rs` of the server
+//! crate) renders them with the gauges it reads at scrape time.
 
 mod registry;
 

@@ -10,10 +10,15 @@ use super::{
     definition::{Definition, OnError},
     keys,
     sandbox::{self, ApplyCall},
+    status::VersionStatus,
 };
 use crate::{
     error::{Error, Result},
-    store::model::RecordedEvent,
+    store::{
+        self,
+        inline::{InlineCatalog, InlineProjections},
+        model::RecordedEvent,
+    },
 };
 
 /// An inline projection version as appends apply it.
@@ -41,9 +46,7 @@ pub struct Catalog {
 
 impl Catalog {
     pub async fn load(pool: &PgPool, sql_timeout: Duration) -> Result<Self> {
-        let version: i64 = sqlx::query_scalar("SELECT catalog_version FROM log_head")
-            .fetch_one(pool)
-            .await?;
+        let version = store::head::catalog_version(pool).await?;
         let rows: Vec<(String, i32, String, serde_json::Value)> = sqlx::query_as(
             "SELECT v.name, v.version, v.status, v.definition
                FROM projections p
@@ -62,7 +65,7 @@ impl Catalog {
                 event_types: definition.handlers.keys().cloned().collect(),
                 apply_function: definition.apply_function(version),
                 on_error: definition.on_error,
-                active: status == "active",
+                active: status.parse::<VersionStatus>()? == VersionStatus::Active,
                 name,
                 version,
             });
@@ -76,6 +79,35 @@ impl Catalog {
 
     pub fn has_inline(&self) -> bool {
         !self.inline.is_empty()
+    }
+}
+
+/// The inline projections the store's writer applies, read from the database with the
+/// longest the handlers of one append may run (they run under the log_head lock).
+#[derive(Debug, Clone, Copy)]
+pub struct InlineSource {
+    pub sql_timeout: Duration,
+}
+
+impl InlineProjections for InlineSource {
+    type Catalog = Catalog;
+
+    async fn load(&self, pool: &PgPool) -> Result<Catalog> {
+        Catalog::load(pool, self.sql_timeout).await
+    }
+}
+
+impl InlineCatalog for Catalog {
+    fn version(&self) -> i64 {
+        self.version
+    }
+
+    fn has_inline(&self) -> bool {
+        Catalog::has_inline(self)
+    }
+
+    async fn apply(&self, transaction: &mut PgConnection, events: &[RecordedEvent]) -> Result<()> {
+        apply_inline(transaction, self, events).await
     }
 }
 

@@ -7,6 +7,8 @@ pub mod definition;
 pub mod keys;
 pub mod rebuild;
 pub mod sandbox;
+pub mod setup;
+pub mod status;
 pub mod versions;
 pub mod worker;
 
@@ -23,11 +25,13 @@ use tracing::info;
 
 use crate::{
     error::{Error, Result},
-    store::reader::micros_to_time,
+    shutdown::Tasks,
+    store::columns::micros_to_time,
     subscribe::hub::Hub,
 };
 use definition::Definition;
 use rebuild::{Progress, Strategy};
+use status::VersionStatus;
 use versions::VersionRow;
 
 /// Tunables of rebuilds and async projections, set by flags.
@@ -75,6 +79,8 @@ pub struct Projections {
     rebuilds: Mutex<HashMap<String, watch::Receiver<Progress>>>,
     /// Held while a rebuild starts, so that concurrent starts on this process join one rebuild.
     rebuild_start: tokio::sync::Mutex<()>,
+    /// The owner of the supervisor's workers and of rebuilds, whose stop signal ends them.
+    tasks: Tasks,
 }
 
 /// A projection as an operator sees it.
@@ -116,6 +122,7 @@ impl Projections {
         node: String,
         settings: Settings,
         hub: Arc<Hub>,
+        tasks: Tasks,
     ) -> Self {
         Self {
             pool,
@@ -125,6 +132,7 @@ impl Projections {
             hub,
             rebuilds: Mutex::default(),
             rebuild_start: tokio::sync::Mutex::default(),
+            tasks,
         }
     }
 
@@ -263,7 +271,11 @@ impl Projections {
                 .bind(&stored)
                 .fetch_optional(&mut *transaction)
                 .await?;
-                build = same.status == "failed" && status.as_deref() == Some("rebuilding");
+                let status = status
+                    .map(|stored| stored.parse::<VersionStatus>())
+                    .transpose()?;
+                build = same.status == VersionStatus::Failed
+                    && status == Some(VersionStatus::Rebuilding);
                 info!(projection = %definition.name, version = definition.version, "projection handlers updated");
             }
             Some(_) => {
@@ -284,8 +296,7 @@ impl Projections {
                 )));
             }
             None => {
-                sandbox::run_setup(&mut transaction, &definition, definition.version, timeout)
-                    .await?;
+                setup::run(&mut transaction, &definition, definition.version, timeout).await?;
                 check_handlers(&mut transaction, &definition, definition.version).await?;
                 sandbox::install_apply_function(&mut transaction, &definition, definition.version)
                     .await?;
@@ -438,7 +449,7 @@ impl Projections {
         let row = versions::lock_version(&mut transaction, name, active).await?;
         // A version being rebuilt in place is replayed from the start: its events are applied
         // by the rebuild, and retrying them too would apply them twice.
-        if row.status != "active" {
+        if row.status != VersionStatus::Active {
             transaction.rollback().await?;
             return Err(Error::FailedPrecondition(format!(
                 "projection {name} version {active} is {}; retry dead letters once it is active",
@@ -526,7 +537,7 @@ impl Projections {
                 transaction.commit().await?;
                 continue;
             }
-            for version in all.iter().filter(|v| v.status != "retired") {
+            for version in all.iter().filter(|v| v.status != VersionStatus::Retired) {
                 sandbox::install_apply_function(
                     &mut transaction,
                     &version.definition,

@@ -23,32 +23,12 @@ use super::{
     Projections, apply,
     definition::{Definition, OnError},
     keys,
+    status::VersionStatus,
     versions::{self, VersionRow},
 };
 use crate::error::{Error, Result};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Strategy {
-    BlueGreen,
-    InPlace,
-}
-
-impl Strategy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::BlueGreen => "blue_green",
-            Self::InPlace => "in_place",
-        }
-    }
-
-    pub fn parse(text: &str) -> Self {
-        if text == "in_place" {
-            Self::InPlace
-        } else {
-            Self::BlueGreen
-        }
-    }
-}
+pub use super::status::Strategy;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -109,6 +89,15 @@ fn superseded(name: &str, version: i32) -> Error {
     Error::FailedPrecondition(format!(
         "version {version} of {name} was superseded by a newer version registered during its rebuild"
     ))
+}
+
+/// The end of a rebuild whose server is stopping, at a batch boundary.
+fn stopping() -> Error {
+    Error::Unavailable(
+        "the server is stopping: the rebuild stopped after its last batch and is resumed by a \
+         running server once its heartbeat is stale"
+            .into(),
+    )
 }
 
 /// Sets the lock timeout for the statements that wait for the read model's readers.
@@ -210,7 +199,7 @@ impl Projections {
 
         let projections = self.clone();
         let name = name.to_string();
-        tokio::spawn(async move {
+        self.tasks.clone().spawn("rebuild", async move {
             let mut run = RebuildRun {
                 projections: &projections,
                 name: &name,
@@ -220,9 +209,21 @@ impl Projections {
                 reader_pause: Duration::from_millis(50),
             };
             let outcome = run.run(strategy).await;
-            if let Err(error) = outcome {
-                warn!(projection = %name, %error, "rebuild failed");
-                run.fail(&error.to_string()).await;
+            match outcome {
+                Ok(()) => {}
+                // Left as it is: every batch committed its progress, and the lock goes with
+                // the connection, so a running server resumes it (step 5 of the protocol).
+                Err(error) if projections.tasks.is_stopping() => {
+                    info!(projection = %name, %error, "rebuild interrupted by shutdown");
+                    run.progress.send_modify(|p| {
+                        p.phase = Phase::Failed;
+                        p.error = Some(stopping().to_string());
+                    });
+                }
+                Err(error) => {
+                    warn!(projection = %name, %error, "rebuild failed");
+                    run.fail(&error.to_string()).await;
+                }
             }
             let _ = run.connection.close().await;
         });
@@ -310,11 +311,8 @@ impl RebuildRun<'_> {
     async fn prepare(&mut self, requested: Strategy) -> Result<(VersionRow, Strategy)> {
         let all = versions::versions(&mut self.connection, self.name).await?;
         // A rebuild interrupted earlier is resumed whatever was asked.
-        if let Some(interrupted) = all
-            .iter()
-            .find(|v| v.status == "building" || v.status == "rebuilding")
-        {
-            let strategy = if interrupted.status == "rebuilding" {
+        if let Some(interrupted) = all.iter().find(|v| v.status.is_rebuild()) {
+            let strategy = if interrupted.status == VersionStatus::Rebuilding {
                 Strategy::InPlace
             } else {
                 Strategy::BlueGreen
@@ -332,8 +330,8 @@ impl RebuildRun<'_> {
         }
         let active = all
             .iter()
-            .find(|v| v.status == "active")
-            .or_else(|| all.iter().find(|v| v.status == "failed"))
+            .find(|v| v.status == VersionStatus::Active)
+            .or_else(|| all.iter().find(|v| v.status == VersionStatus::Failed))
             .cloned()
             .ok_or_else(|| {
                 Error::FailedPrecondition(format!(
@@ -345,7 +343,7 @@ impl RebuildRun<'_> {
             Strategy::BlueGreen => {
                 let next = all.first().map_or(1, |v| v.version) + 1;
                 let mut transaction = self.connection.begin().await?;
-                super::sandbox::run_setup(
+                super::setup::run(
                     &mut transaction,
                     &active.definition,
                     next,
@@ -401,7 +399,7 @@ impl RebuildRun<'_> {
                 transaction.commit().await?;
                 self.empty_table(&active.definition, active.version).await?;
                 let mut row = active;
-                row.status = "rebuilding".into();
+                row.status = VersionStatus::Rebuilding;
                 row.applied_position = 0;
                 Ok((row, Strategy::InPlace))
             }
@@ -454,10 +452,13 @@ impl RebuildRun<'_> {
             p.head = start_head;
         });
         loop {
+            if self.projections.tasks.is_stopping() {
+                return Err(stopping());
+            }
             let mut transaction = self.connection.begin().await?;
             let head = versions::head(&mut transaction).await?;
             let row = versions::lock_version(&mut transaction, self.name, version).await?;
-            if row.status == "retired" {
+            if row.status == VersionStatus::Retired {
                 transaction.rollback().await?;
                 return Err(superseded(self.name, version));
             }
@@ -547,7 +548,7 @@ impl RebuildRun<'_> {
         let head = versions::lock_head(&mut transaction).await?;
         let row = versions::lock_version(&mut transaction, self.name, version).await?;
         // Versions only move forward: one registered while this one was built replaced it.
-        if row.status == "retired" {
+        if row.status == VersionStatus::Retired {
             transaction.rollback().await?;
             return Err(superseded(self.name, version));
         }

@@ -49,7 +49,8 @@ pub async fn ensure(connection: &mut PgConnection, definition: &Definition) -> R
     Ok(())
 }
 
-/// Runs the setup of `version` as the projection's role, then checks what it left behind.
+/// Runs the setup of `version` as the projection's role, then checks what it left behind. The
+/// setup can alter the live versions' apply functions too: `setup::run` installs them again.
 pub async fn run_setup(
     connection: &mut PgConnection,
     definition: &Definition,
@@ -84,15 +85,7 @@ pub async fn run_setup(
     )))
     .execute(&mut *connection)
     .await?;
-    audit(connection, definition).await?;
-    // The setup ran as the owner of the live versions' apply functions and could have replaced
-    // or altered them: install them again, as the server writes them.
-    for row in super::versions::versions(connection, &definition.name).await? {
-        if row.status != "retired" {
-            install_apply_function(connection, &row.definition, row.version).await?;
-        }
-    }
-    Ok(())
+    audit(connection, definition).await
 }
 
 /// Refuses (INVALID_ARGUMENT on `setup`) anything the projection's role made that could run

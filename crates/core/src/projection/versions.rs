@@ -2,10 +2,14 @@
 
 use sqlx::{AssertSqlSafe, PgConnection, Row};
 
-use super::{definition::Definition, sandbox::Applied};
+use super::{
+    definition::Definition,
+    sandbox::Applied,
+    status::{Strategy, VersionStatus},
+};
 use crate::{
     error::{Error, Result},
-    store::{model::RecordedEvent, reader},
+    store::{self, model::RecordedEvent, reader},
 };
 
 /// A row of `projection_versions`.
@@ -14,9 +18,9 @@ pub struct VersionRow {
     pub name: String,
     pub version: i32,
     pub definition: Definition,
-    pub status: String,
+    pub status: VersionStatus,
     pub applied_position: u64,
-    pub rebuild_strategy: Option<String>,
+    pub rebuild_strategy: Option<Strategy>,
     pub rebuild_owner: Option<String>,
     pub rebuild_head: Option<u64>,
     pub heartbeat_us: Option<i64>,
@@ -39,9 +43,12 @@ fn decode_version(row: &sqlx::postgres::PgRow) -> Result<VersionRow> {
         name,
         version: row.try_get("version")?,
         definition,
-        status: row.try_get("status")?,
+        status: row.try_get::<String, _>("status")?.parse()?,
         applied_position: row.try_get::<i64, _>("applied_position")? as u64,
-        rebuild_strategy: row.try_get("rebuild_strategy")?,
+        rebuild_strategy: row
+            .try_get::<Option<String>, _>("rebuild_strategy")?
+            .map(|stored| stored.parse())
+            .transpose()?,
         rebuild_owner: row.try_get("rebuild_owner")?,
         rebuild_head: row
             .try_get::<Option<i64>, _>("rebuild_head")?
@@ -99,26 +106,17 @@ pub async fn projection(
 
 /// The committed head of the log.
 pub async fn head(connection: &mut PgConnection) -> Result<u64> {
-    let head: i64 = sqlx::query_scalar("SELECT position FROM log_head")
-        .fetch_one(&mut *connection)
-        .await?;
-    Ok(head as u64)
+    store::head::position(connection).await
 }
 
 /// Takes the log_head row lock for the rest of the transaction: appends wait. Returns the head.
 pub async fn lock_head(connection: &mut PgConnection) -> Result<u64> {
-    let head: i64 = sqlx::query_scalar("SELECT position FROM log_head FOR UPDATE")
-        .fetch_one(&mut *connection)
-        .await?;
-    Ok(head as u64)
+    store::head::lock(connection).await
 }
 
 /// Tells every writer to reload its inline catalog. Takes the log_head lock.
 pub async fn bump_catalog(connection: &mut PgConnection) -> Result<()> {
-    sqlx::query("UPDATE log_head SET catalog_version = catalog_version + 1")
-        .execute(&mut *connection)
-        .await?;
-    Ok(())
+    store::head::bump_catalog(connection).await
 }
 
 /// Events in (`after`, `upto`] whose type has a handler, in position order, at most `limit`.

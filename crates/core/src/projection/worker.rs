@@ -13,6 +13,7 @@ use super::{
     definition::OnError,
     keys,
     rebuild::{self, Strategy},
+    status::VersionStatus,
     versions,
 };
 use crate::{
@@ -29,7 +30,8 @@ impl Projections {
     /// whose heartbeat is stale and whose lock is free. Looks again whenever the catalog changes
     /// (a notification), and every `supervise_interval` while another process rebuilds (its
     /// heartbeat must be watched) or after an error; otherwise it sends no query while idle.
-    pub async fn supervise(self: Arc<Self>, stop: watch::Receiver<bool>) {
+    pub async fn supervise(self: Arc<Self>) {
+        let stop = self.tasks.stop();
         let mut workers: HashSet<String> = HashSet::new();
         let mut changes = self.hub.projection_changes();
         loop {
@@ -62,7 +64,10 @@ impl Projections {
         .await?;
         for name in async_projections {
             if workers.insert(name.clone()) {
-                tokio::spawn(self.clone().run_async(name, stop.clone()));
+                self.tasks.spawn(
+                    "async-projection",
+                    self.clone().run_async(name, stop.clone()),
+                );
             }
         }
         let stale: Vec<(String, Option<String>, Option<i64>)> = sqlx::query_as(
@@ -78,7 +83,11 @@ impl Projections {
             }
             remote_rebuilds = true;
             if rebuild::heartbeat_expired(heartbeat_us, self.settings.heartbeat_timeout) {
-                let strategy = Strategy::parse(strategy.as_deref().unwrap_or("blue_green"));
+                // A version marked for rebuild before its strategy was recorded is built blue/green.
+                let strategy = match strategy {
+                    Some(stored) => stored.parse::<Strategy>()?,
+                    None => Strategy::BlueGreen,
+                };
                 match self.rebuild(&name, strategy).await {
                     Ok(_) => info!(projection = %name, "resuming a rebuild whose owner stopped"),
                     Err(Error::FailedPrecondition(_)) => {}
@@ -167,7 +176,7 @@ impl Projections {
                 return Ok(BatchOutcome::Gone);
             }
             let row = versions::lock_version(&mut transaction, name, active).await?;
-            if row.status != "active" {
+            if row.status != VersionStatus::Active {
                 transaction.rollback().await?;
                 return Ok(BatchOutcome::Idle); // an in-place rebuild owns it, or it failed
             }

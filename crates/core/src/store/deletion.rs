@@ -6,16 +6,17 @@
 use std::{sync::Arc, time::Duration};
 
 use sqlx::PgPool;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use super::{
+    codes::{DeleteOutcome, DeleteOutcomeRow, expected_in_sql},
     model::{DeleteResult, ExpectedRevision},
-    writer::{expected_in_sql, hard_deleted},
+    writer::hard_deleted,
 };
 use crate::{
     error::{Error, Result},
-    shutdown::stopped,
+    shutdown::{Tasks, stopped},
 };
 
 /// How much of a stream a delete removes.
@@ -35,7 +36,7 @@ pub async fn delete_stream(
     deletion: Deletion,
 ) -> Result<DeleteResult> {
     let (kind, expected_revision) = expected_in_sql(expected);
-    let (outcome, revision, _): (i16, Option<i64>, i64) =
+    let row: DeleteOutcomeRow =
         sqlx::query_as("SELECT * FROM highwater_delete_stream($1, $2, $3, $4)")
             .bind(stream)
             .bind(kind)
@@ -43,8 +44,8 @@ pub async fn delete_stream(
             .bind(deletion == Deletion::Hard)
             .fetch_one(pool)
             .await?;
-    match (outcome, revision) {
-        (0, Some(revision)) => {
+    match (row.outcome, row.revision) {
+        (DeleteOutcome::Deleted, Some(revision)) => {
             let erased_events = match deletion {
                 Deletion::Soft => 0,
                 Deletion::Hard => erases.erase(pool, stream).await?,
@@ -57,7 +58,7 @@ pub async fn delete_stream(
         // The stream is hard-deleted already: this is a retry of a hard delete (whose erase may
         // have been cut off) or a second one. Either way the answer is the first one's, once
         // every event is erased; the expectation held when the stream was tombstoned.
-        (4, _) if deletion == Deletion::Hard => {
+        (DeleteOutcome::HardDeleted, _) if deletion == Deletion::Hard => {
             let revision: i64 =
                 sqlx::query_scalar("SELECT revision FROM streams WHERE stream = $1")
                     .bind(stream)
@@ -69,14 +70,16 @@ pub async fn delete_stream(
                 erased_events,
             })
         }
-        (2, actual) => Err(Error::WrongExpectedRevision {
+        (DeleteOutcome::WrongExpectedRevision, actual) => Err(Error::WrongExpectedRevision {
             stream: stream.to_string(),
             expected: expected.to_string(),
             actual: actual.map_or_else(|| "no stream".to_string(), |revision| revision.to_string()),
         }),
-        (4, _) => Err(hard_deleted(stream)),
-        (5, _) => Err(Error::StreamNotFound(stream.to_string())),
-        (other, _) => Err(Error::Internal(format!("unknown delete outcome {other}"))),
+        (DeleteOutcome::HardDeleted, _) => Err(hard_deleted(stream)),
+        (DeleteOutcome::NotFound, _) => Err(Error::StreamNotFound(stream.to_string())),
+        (DeleteOutcome::Deleted, None) => {
+            Err(Error::Internal("delete outcome without a revision".into()))
+        }
     }
 }
 
@@ -92,19 +95,30 @@ const ERASE_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 const ERASE_RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 /// The server's erases: in requests, and the sweep that finishes those left halfway.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Erases {
     /// Wakes the sweep early when an erase in a request failed, so its events do not stay
     /// readable until the next interval.
     retry: Arc<Notify>,
+    /// The owner of the erase tasks.
+    tasks: Tasks,
 }
 
 impl Erases {
+    pub fn new(tasks: Tasks) -> Self {
+        Self {
+            retry: Arc::default(),
+            tasks,
+        }
+    }
+
     /// Erases a tombstoned stream's events. It runs as a task of its own, so a caller that goes
     /// away does not leave the erase halfway; if it fails, the sweep finishes it.
     async fn erase(&self, pool: &PgPool, stream: &str) -> Result<u64> {
         let (pool, owned) = (pool.clone(), stream.to_string());
-        let result = tokio::spawn(async move { erase_batches(&pool, &owned).await })
+        let result = self
+            .tasks
+            .spawn("erase", async move { erase_batches(&pool, &owned).await })
             .await
             .map_err(|error| Error::Internal(format!("erase task failed: {error}")))
             .and_then(|erased| erased);
@@ -116,8 +130,9 @@ impl Erases {
     }
 
     /// Finishes erases left halfway, at start, every [`ERASE_SWEEP_INTERVAL`], and soon after an
-    /// erase in a request failed, until `stop`.
-    pub async fn sweep(self, pool: PgPool, stop: watch::Receiver<bool>) {
+    /// erase in a request failed, until shutdown.
+    pub async fn sweep(self, pool: PgPool) {
+        let stop = self.tasks.stop();
         loop {
             finish_interrupted_erases(&pool).await;
             tokio::select! {

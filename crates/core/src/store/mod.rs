@@ -1,7 +1,11 @@
 //! The event log on PostgreSQL: the writer (appends), the reader (paged reads) and schema access.
 
+pub mod codes;
+pub mod columns;
 pub mod database;
 pub mod deletion;
+pub mod head;
+pub mod inline;
 pub mod model;
 pub mod reader;
 pub mod validate;
@@ -13,6 +17,7 @@ use tokio::task::JoinHandle;
 use crate::{
     error::{Error, Result},
     metrics,
+    shutdown::Tasks,
 };
 use deletion::Deletion;
 use model::{AppendInput, AppendResult, DeleteResult, Direction, ExpectedRevision};
@@ -30,20 +35,21 @@ pub struct Store {
 }
 
 impl Store {
-    /// Starts the writer task on `pool`; the handle ends after [`Store::stop`].
-    /// `projection_sql_timeout` bounds the inline projections' handlers of one append.
+    /// Starts the writer task on `pool` (owned by `tasks`), applying `inline` projections in
+    /// each append's transaction; the handle ends after [`Store::stop`].
     pub fn start(
         pool: PgPool,
         limits: Limits,
-        projection_sql_timeout: std::time::Duration,
+        inline: impl inline::InlineProjections,
+        tasks: &Tasks,
     ) -> (Self, JoinHandle<()>) {
-        let (writer, task) = Writer::spawn(pool.clone(), projection_sql_timeout);
+        let (writer, task) = Writer::spawn(pool.clone(), inline, tasks);
         (
             Self {
                 pool,
                 writer,
                 limits,
-                erases: deletion::Erases::default(),
+                erases: deletion::Erases::new(tasks.clone()),
             },
             task,
         )

@@ -1,20 +1,20 @@
 //! Reads of the event log in keyset pages: a page is bounded in rows and in bytes, so a stream of
 //! a million events, or of large events, never sits in memory at once.
 
-use std::{
-    collections::HashMap,
-    time::{Duration, SystemTime},
-};
+use std::collections::HashMap;
 
 use bytes::Bytes;
 use sqlx::{AssertSqlSafe, PgPool, Row, postgres::PgRow};
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use super::{
+    columns::{micros_to_time, to_i64},
     model::{Direction, RecordedEvent},
-    writer::to_i64,
 };
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    shutdown::Tasks,
+};
 
 /// Rows fetched per page at most.
 pub const PAGE_ROWS: i64 = 1000;
@@ -170,9 +170,10 @@ pub struct Prefetch {
 }
 
 impl Prefetch {
-    pub fn new(mut cursor: ReadCursor) -> Self {
+    /// Starts reading ahead, as a task of `tasks`.
+    pub fn new(mut cursor: ReadCursor, tasks: &Tasks) -> Self {
         let (sender, pages) = mpsc::channel(1);
-        let reader = tokio::spawn(async move {
+        let reader = tasks.spawn("read-ahead", async move {
             loop {
                 let page = cursor.next_page().await;
                 let last = page.as_ref().map_or(true, Vec::is_empty);
@@ -230,13 +231,4 @@ pub fn decode(row: &PgRow) -> Result<RecordedEvent> {
         metadata,
         recorded_at,
     })
-}
-
-/// A time given as microseconds since the Unix epoch (how queries return timestamps).
-pub fn micros_to_time(micros: i64) -> SystemTime {
-    if micros >= 0 {
-        SystemTime::UNIX_EPOCH + Duration::from_micros(micros as u64)
-    } else {
-        SystemTime::UNIX_EPOCH - Duration::from_micros(micros.unsigned_abs())
-    }
 }

@@ -9,17 +9,18 @@
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
-use uuid::Uuid;
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use super::{
-    model::{AppendRequest, AppendResult, ExpectedRevision, RecordedEvent},
-    reader::micros_to_time,
+    codes::{AppendOutcome, AppendOutcomeRow, expected_in_sql},
+    columns::micros_to_time,
+    inline::{InlineCatalog, InlineProjections},
+    model::{AppendRequest, AppendResult, RecordedEvent},
 };
 use crate::{
     error::{Error, Result},
-    projection::catalog::{self, Catalog},
+    shutdown::Tasks,
 };
 
 /// The most requests written in one group.
@@ -51,14 +52,14 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer task on `pool`.
-    /// `projection_sql_timeout` bounds the inline projections' handlers of one append.
+    /// Starts the writer task on `pool`, applying the inline projections of `inline`.
     pub fn spawn(
         pool: PgPool,
-        projection_sql_timeout: Duration,
+        inline: impl InlineProjections,
+        tasks: &Tasks,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (commands, queue) = mpsc::channel(QUEUE_CAPACITY);
-        let task = tokio::spawn(run(pool, queue, projection_sql_timeout));
+        let task = tasks.spawn("writer", run(pool, queue, inline));
         (Self { commands }, task)
     }
 
@@ -90,10 +91,10 @@ struct Pending {
     reply: oneshot::Sender<Result<AppendResult>>,
 }
 
-async fn run(pool: PgPool, mut queue: mpsc::Receiver<Command>, sql_timeout: Duration) {
+async fn run<P: InlineProjections>(pool: PgPool, mut queue: mpsc::Receiver<Command>, inline: P) {
     let mut stop_ack = None;
     // Loaded before the first group, reloaded whenever the append function says it is stale.
-    let mut catalog: Option<Catalog> = None;
+    let mut catalog: Option<P::Catalog> = None;
     // An append taken from the queue that did not fit in the previous group: it starts the next.
     let mut carried: Option<Pending> = None;
     while stop_ack.is_none() {
@@ -147,7 +148,7 @@ async fn run(pool: PgPool, mut queue: mpsc::Receiver<Command>, sql_timeout: Dura
             crate::metrics::RECORDED
                 .group_requests
                 .observe(group.len() as f64);
-            write_group(&pool, &mut catalog, sql_timeout, group).await;
+            write_group(&pool, &inline, &mut catalog, group).await;
         }
     }
     if let Some(done) = stop_ack {
@@ -167,17 +168,17 @@ fn request_bytes(request: &AppendRequest) -> usize {
 /// How often a group is retried after the projection catalog changed under it.
 const CATALOG_RETRIES: usize = 5;
 
-async fn write_group(
+async fn write_group<P: InlineProjections>(
     pool: &PgPool,
-    catalog: &mut Option<Catalog>,
-    sql_timeout: Duration,
+    inline: &P,
+    catalog: &mut Option<P::Catalog>,
     group: Vec<Pending>,
 ) {
     let mut attempt = 0;
     let outcome = loop {
         let current = match catalog {
             Some(current) => current,
-            None => match Catalog::load(pool, sql_timeout).await {
+            None => match inline.load(pool).await {
                 Ok(loaded) => catalog.insert(loaded),
                 Err(error) => break Err(error),
             },
@@ -186,7 +187,7 @@ async fn write_group(
         let written = if current.has_inline() {
             write_with_projections(pool, current, &requests).await
         } else {
-            call_append(pool, &requests, current.version)
+            call_append(pool, &requests, current.version())
                 .await
                 .map(|rows| rows.into_iter().map(|(result, _)| result).collect())
                 .map_err(GroupFailure::Database)
@@ -227,24 +228,23 @@ async fn write_group(
         Err(error) => {
             warn!(%error, requests = group.len(), "group append failed, retrying one by one");
             for pending in group {
-                let result =
-                    Box::pin(write_alone(pool, catalog, sql_timeout, pending.request)).await;
+                let result = Box::pin(write_alone(pool, inline, catalog, pending.request)).await;
                 let _ = pending.reply.send(result);
             }
         }
     }
 }
 
-async fn write_alone(
+async fn write_alone<P: InlineProjections>(
     pool: &PgPool,
-    catalog: &mut Option<Catalog>,
-    sql_timeout: Duration,
+    inline: &P,
+    catalog: &mut Option<P::Catalog>,
     request: AppendRequest,
 ) -> Result<AppendResult> {
     let (reply, answer) = oneshot::channel();
     let pending = Pending { request, reply };
     // A group of one reports its own error instead of splitting further.
-    Box::pin(write_group(pool, catalog, sql_timeout, vec![pending])).await;
+    Box::pin(write_group(pool, inline, catalog, vec![pending])).await;
     answer
         .await
         .unwrap_or_else(|_| Err(Error::Internal("append lost its answer".into())))
@@ -277,7 +277,7 @@ impl From<sqlx::Error> for GroupFailure {
 /// failing handler fails its own request only.
 async fn write_with_projections(
     pool: &PgPool,
-    catalog: &Catalog,
+    catalog: &impl InlineCatalog,
     requests: &[&AppendRequest],
 ) -> Result<Vec<Result<AppendResult>>, GroupFailure> {
     let mut transaction = pool.begin().await?;
@@ -296,7 +296,7 @@ async fn write_with_projections(
 
 async fn write_requests(
     transaction: &mut sqlx::PgConnection,
-    catalog: &Catalog,
+    catalog: &impl InlineCatalog,
     requests: &[&AppendRequest],
 ) -> Result<Vec<Result<AppendResult>>, GroupFailure> {
     let mut results = Vec::with_capacity(requests.len());
@@ -304,14 +304,15 @@ async fn write_requests(
         sqlx::query("SAVEPOINT highwater_request")
             .execute(&mut *transaction)
             .await?;
-        let mut rows = call_append(&mut *transaction, &[request], catalog.version).await?;
+        let mut rows = call_append(&mut *transaction, &[request], catalog.version()).await?;
         let (result, recorded_at) = rows
             .pop()
             .unwrap_or((Err(Error::Internal("no outcome".into())), None));
         let outcome = match (&result, recorded_at) {
             (Ok(appended), Some(recorded_at)) => {
                 let events = recorded_events(request, appended, recorded_at);
-                catalog::apply_inline(&mut *transaction, catalog, &events)
+                catalog
+                    .apply(&mut *transaction, &events)
                     .await
                     .map(|()| *appended)
             }
@@ -363,19 +364,6 @@ fn recorded_events(
         .collect()
 }
 
-/// The columns of one outcome row of `highwater_append`.
-type OutcomeRow = (
-    i32,
-    i16,
-    Option<i64>,
-    Option<i64>,
-    Option<i64>,
-    Option<i64>,
-    Option<i64>,
-    Option<Uuid>,
-    Option<i64>,
-);
-
 /// Calls `highwater_append` for a group; one outcome per request, in order, with the commit
 /// time of newly written events.
 async fn call_append<'c>(
@@ -408,7 +396,7 @@ async fn call_append<'c>(
         }
     }
 
-    let rows: Vec<OutcomeRow> = sqlx::query_as(
+    let rows: Vec<AppendOutcomeRow> = sqlx::query_as(
         "SELECT * FROM highwater_append($1, $2, $3, $4, $5, $6, $7, $8, $9::text[]::jsonb[], $10)",
     )
     .bind(streams)
@@ -438,24 +426,21 @@ async fn call_append<'c>(
         .collect())
 }
 
-fn outcome(row: OutcomeRow, request: &AppendRequest) -> (Result<AppendResult>, Option<SystemTime>) {
-    let (
-        _,
-        kind,
-        first_revision,
-        last_revision,
-        first_position,
-        last_position,
-        actual,
-        conflict,
-        recorded_us,
-    ) = row;
-    // Only a fresh write (outcome 0) has events for projections to apply.
-    let recorded_at = (kind == 0)
-        .then(|| recorded_us.map(micros_to_time))
+fn outcome(
+    row: AppendOutcomeRow,
+    request: &AppendRequest,
+) -> (Result<AppendResult>, Option<SystemTime>) {
+    // Only a fresh write has events for projections to apply.
+    let recorded_at = (row.outcome == AppendOutcome::Written)
+        .then(|| row.recorded_us.map(micros_to_time))
         .flatten();
-    let result = match kind {
-        0 | 1 => match (first_revision, last_revision, first_position, last_position) {
+    let result = match row.outcome {
+        AppendOutcome::Written | AppendOutcome::AlreadyWritten => match (
+            row.first_revision,
+            row.last_revision,
+            row.first_position,
+            row.last_position,
+        ) {
             (Some(fr), Some(lr), Some(fp), Some(lp)) => Ok(AppendResult {
                 first_revision: fr as u64,
                 last_revision: lr as u64,
@@ -464,29 +449,22 @@ fn outcome(row: OutcomeRow, request: &AppendRequest) -> (Result<AppendResult>, O
             }),
             _ => Err(Error::Internal("append outcome without coordinates".into())),
         },
-        2 => Err(Error::WrongExpectedRevision {
+        AppendOutcome::WrongExpectedRevision => Err(Error::WrongExpectedRevision {
             stream: request.stream.clone(),
             expected: request.expected.to_string(),
-            actual: actual.map_or_else(|| "no stream".to_string(), |revision| revision.to_string()),
+            actual: row
+                .actual_revision
+                .map_or_else(|| "no stream".to_string(), |revision| revision.to_string()),
         }),
-        3 => Err(Error::DuplicateEventId {
-            id: conflict.map(|id| id.to_string()).unwrap_or_default(),
+        AppendOutcome::DuplicateEventId => Err(Error::DuplicateEventId {
+            id: row
+                .conflicting_id
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
         }),
-        4 => Err(hard_deleted(&request.stream)),
-        other => Err(Error::Internal(format!("unknown append outcome {other}"))),
+        AppendOutcome::HardDeleted => Err(hard_deleted(&request.stream)),
     };
     (result, recorded_at)
-}
-
-/// An expectation as the SQL functions take it: a kind (0 any, 1 no stream, 2 stream exists,
-/// 3 exact) and the revision for the exact kind.
-pub fn expected_in_sql(expected: ExpectedRevision) -> (i16, Option<i64>) {
-    match expected {
-        ExpectedRevision::Any => (0, None),
-        ExpectedRevision::NoStream => (1, None),
-        ExpectedRevision::StreamExists => (2, None),
-        ExpectedRevision::Exact(revision) => (3, Some(to_i64(revision))),
-    }
 }
 
 /// The refusal of any write to a hard-deleted stream.
@@ -494,10 +472,4 @@ pub fn hard_deleted(stream: &str) -> Error {
     Error::FailedPrecondition(format!(
         "stream {stream:?} is hard-deleted and cannot be written again"
     ))
-}
-
-/// Revisions and positions are `bigint` in the database; anything above `i64::MAX` cannot match
-/// a stored value, and saturating keeps it so.
-pub fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
 }

@@ -6,7 +6,10 @@ use sqlx::PgPool;
 
 use crate::{
     error::{Error, Result},
-    store::{reader::micros_to_time, writer::to_i64},
+    store::{
+        self,
+        columns::{micros_to_time, to_i64},
+    },
 };
 
 /// A durable subscription as stored.
@@ -51,10 +54,8 @@ pub async fn existing(pool: &PgPool, name: &str) -> Result<u64> {
 /// Refuses a position past the log's last one: a checkpoint or start from another database (or a
 /// client's bug) would otherwise silently skip the events later committed up to it.
 pub async fn check_within_log(pool: &PgPool, field: &str, position: u64) -> Result<()> {
-    let head: i64 = sqlx::query_scalar("SELECT position FROM log_head")
-        .fetch_one(pool)
-        .await?;
-    if to_i64(position) > head {
+    let head = store::head::position(pool).await?;
+    if position > head {
         return Err(Error::invalid(
             field,
             format!("position {position} is beyond the log's last position {head}"),

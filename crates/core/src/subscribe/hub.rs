@@ -27,8 +27,9 @@ use tracing::{debug, info, warn};
 use super::registry::{Registry, SubscriberStats};
 use crate::{
     error::Result,
-    shutdown::stopped,
+    shutdown::{Tasks, stopped},
     store::{
+        self,
         model::{Direction, RecordedEvent},
         reader::ReadCursor,
     },
@@ -70,35 +71,33 @@ pub struct Hub {
 
 impl Hub {
     /// Connects the LISTEN connection (its own, outside the pool), reads the current head and
-    /// starts following commits until `stop`.
+    /// starts following commits (a task of `tasks`) until shutdown.
     pub async fn start(
         pool: PgPool,
         options: &PgConnectOptions,
         registry: Arc<Registry>,
         live_buffer_batches: usize,
-        stop: watch::Receiver<bool>,
+        tasks: &Tasks,
     ) -> Result<(Arc<Self>, JoinHandle<()>)> {
         let listen_pool = PgPoolOptions::new()
             .max_connections(1)
             .connect_lazy_with(options.clone().application_name(APPLICATION_NAME));
         let listener = listen(&listen_pool).await?;
-        let head: i64 = sqlx::query_scalar("SELECT position FROM log_head")
-            .fetch_one(&pool)
-            .await?;
+        let head = store::head::position(&pool).await?;
         let (batches, _) = broadcast::channel(live_buffer_batches.max(1));
         let hub = Arc::new(Self {
             batches,
-            head: AtomicU64::new(head as u64),
-            head_changes: watch::Sender::new(head as u64),
+            head: AtomicU64::new(head),
+            head_changes: watch::Sender::new(head),
             projection_changes: watch::Sender::new(0),
             registry,
         });
         let listen_options = options.clone().application_name(APPLICATION_NAME);
-        let task =
-            tokio::spawn(
-                hub.clone()
-                    .follow(pool, listen_options, listen_pool, listener, stop),
-            );
+        let task = tasks.spawn(
+            "hub",
+            hub.clone()
+                .follow(pool, listen_options, listen_pool, listener, tasks.clone()),
+        );
         Ok((hub, task))
     }
 
@@ -146,8 +145,9 @@ impl Hub {
         listen_options: PgConnectOptions,
         mut listen_pool: PgPool,
         mut listener: PgListener,
-        stop: watch::Receiver<bool>,
+        tasks: Tasks,
     ) {
+        let stop = tasks.stop();
         let mut poll = tokio::time::interval(HEAD_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut delay = RETRY_FIRST;
@@ -198,10 +198,15 @@ impl Hub {
                                 let old = std::mem::replace(&mut listener, fresh);
                                 let old_pool = std::mem::replace(&mut listen_pool, fresh_pool);
                                 // Dropped aside, so that a hung UNLISTEN on the dead socket
-                                // never holds up the hub.
-                                tokio::spawn(async move {
+                                // never holds up the hub; bounded, so it never holds up the
+                                // shutdown either.
+                                tasks.spawn("hub-listen-close", async move {
                                     drop(old);
-                                    old_pool.close().await;
+                                    let _ = tokio::time::timeout(
+                                        LISTEN_PING_TIMEOUT,
+                                        old_pool.close(),
+                                    )
+                                    .await;
                                 });
                             }
                             Err(error) => warn!(%error, "hub cannot LISTEN again yet"),
@@ -256,9 +261,7 @@ impl Hub {
     /// Reads and broadcasts everything committed above the hub's head, up to the head stored in
     /// `log_head` (read first: what it counts has committed).
     async fn read_new(&self, pool: &PgPool) -> Result<()> {
-        let target = sqlx::query_scalar::<_, i64>("SELECT position FROM log_head")
-            .fetch_one(pool)
-            .await? as u64;
+        let target = store::head::position(pool).await?;
         if target <= self.head() {
             return Ok(());
         }

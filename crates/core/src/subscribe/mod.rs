@@ -10,10 +10,11 @@ pub mod subscriber;
 use std::sync::Arc;
 
 use sqlx::PgPool;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc};
 
 use crate::{
     error::{Error, Result},
+    shutdown::Tasks,
     store::{model::RecordedEvent, validate},
 };
 pub use filter::Filter;
@@ -68,8 +69,8 @@ pub enum StreamStart {
 pub struct Subscriptions {
     pool: PgPool,
     hub: Arc<Hub>,
-    /// Becomes true when the server shuts down: every subscription then ends.
-    stop: watch::Receiver<bool>,
+    /// The owner of the subscriber tasks; its stop signal ends every subscription.
+    tasks: Tasks,
     /// One permit per open subscription, at most --max-subscribers; a subscription beyond them
     /// is refused with RESOURCE_EXHAUSTED rather than slowing every other one down.
     slots: Arc<Semaphore>,
@@ -80,16 +81,11 @@ pub struct Subscriptions {
 pub type Subscription = mpsc::Receiver<Result<SubscriptionMessage>>;
 
 impl Subscriptions {
-    pub fn new(
-        pool: PgPool,
-        hub: Arc<Hub>,
-        stop: watch::Receiver<bool>,
-        max_subscribers: usize,
-    ) -> Self {
+    pub fn new(pool: PgPool, hub: Arc<Hub>, tasks: Tasks, max_subscribers: usize) -> Self {
         Self {
             pool,
             hub,
-            stop,
+            tasks,
             slots: Arc::new(Semaphore::new(max_subscribers)),
             max_subscribers,
         }
@@ -133,7 +129,7 @@ impl Subscriptions {
             },
             name,
         )?;
-        tokio::spawn(follower.start_all(after));
+        self.tasks.spawn("subscriber", follower.start_all(after));
         Ok(subscription)
     }
 
@@ -148,7 +144,7 @@ impl Subscriptions {
             StreamStart::End => None,
         };
         let (follower, subscription) = self.follower(Target::Stream { stream }, None)?;
-        tokio::spawn(follower.start_stream(from));
+        self.tasks.spawn("subscriber", follower.start_stream(from));
         Ok(subscription)
     }
 
@@ -166,7 +162,7 @@ impl Subscriptions {
             target,
             name,
             outbox,
-            self.stop.clone(),
+            self.tasks.clone(),
             slot,
         );
         Ok((follower, subscription))

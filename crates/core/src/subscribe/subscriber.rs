@@ -18,8 +18,9 @@ use tokio::sync::{OwnedSemaphorePermit, broadcast::error::RecvError, mpsc, watch
 use super::{Filter, SubscriptionMessage, hub::Hub, registry::Registration};
 use crate::{
     error::{Error, Result},
-    shutdown::stopped,
+    shutdown::{Tasks, stopped},
     store::{
+        self,
         model::{Direction, RecordedEvent},
         reader::{Prefetch, ReadCursor},
     },
@@ -57,6 +58,8 @@ pub struct Follower {
     outbox: mpsc::Sender<Result<SubscriptionMessage>>,
     /// Becomes true when the server shuts down.
     stop: watch::Receiver<bool>,
+    /// The owner of this subscriber's reads ahead.
+    tasks: Tasks,
     registration: Registration,
     /// This subscription's place under --max-subscribers, given back when it ends.
     _slot: OwnedSemaphorePermit,
@@ -69,7 +72,7 @@ impl Follower {
         target: Target,
         name: Option<String>,
         outbox: mpsc::Sender<Result<SubscriptionMessage>>,
-        stop: watch::Receiver<bool>,
+        tasks: Tasks,
         slot: OwnedSemaphorePermit,
     ) -> Self {
         let registration = hub.registry().register(name);
@@ -82,7 +85,8 @@ impl Follower {
             scanned: 0,
             hidden: false,
             outbox,
-            stop,
+            stop: tasks.stop(),
+            tasks,
             registration,
             _slot: slot,
         }
@@ -93,11 +97,7 @@ impl Follower {
         let live = self.hub.subscribe();
         let start = match after {
             Some(position) => Ok(position),
-            None => sqlx::query_scalar::<_, i64>("SELECT position FROM log_head")
-                .fetch_one(&self.pool)
-                .await
-                .map(|head| head as u64)
-                .map_err(Error::from),
+            None => store::head::position(&self.pool).await,
         };
         match start {
             Ok(position) => {
@@ -188,7 +188,7 @@ impl Follower {
                 0,
             ),
         };
-        let mut cursor = Prefetch::new(cursor);
+        let mut cursor = Prefetch::new(cursor, &self.tasks);
         loop {
             let page = tokio::select! {
                 _ = self.outbox.closed() => return Err(Gone),
