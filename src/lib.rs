@@ -21,6 +21,8 @@ pub mod security;
 pub mod server;
 /// The core services the adapters call, once ready.
 pub mod services;
+/// The server's settings as plain data, made from the command line.
+pub mod settings;
 /// Logging.
 pub mod telemetry;
 

@@ -11,7 +11,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::{error, info, warn};
 
 use crate::{
-    config::{DatabaseConfig, ServeConfig},
+    config::DatabaseConfig,
     embedded_pg::EmbeddedPostgres,
     grpc::{
         admin::AdminService,
@@ -28,6 +28,7 @@ use crate::{
     },
     security::Security,
     services::{Core, ReadyCore},
+    settings::Settings,
 };
 use highwater_core::{
     error::{Error, Result},
@@ -93,7 +94,7 @@ pub struct Application {
     /// The Prometheus endpoint's listener, if `--metrics-listen` is given.
     metrics_listener: Option<TcpListener>,
     security: Security,
-    config: ServeConfig,
+    settings: Settings,
     database: Database,
     subscribers: Arc<Registry>,
 }
@@ -101,31 +102,32 @@ pub struct Application {
 impl Application {
     /// Binds the listener and opens the database (starting the private one if needed). The
     /// database is connected and migrated by `run_until_stopped`, while health says NOT_SERVING.
-    pub async fn build(config: ServeConfig) -> Result<Self> {
-        let max_message = config.max_append_bytes.saturating_add(1024 * 1024);
-        if config.max_request_bytes_in_flight < max_message {
+    pub async fn build(settings: impl Into<Settings>) -> Result<Self> {
+        let settings = settings.into();
+        let max_message = settings.max_message_bytes();
+        if settings.max_request_bytes_in_flight < max_message {
             return Err(Error::Startup(format!(
                 "--max-request-bytes-in-flight ({}) must be at least --max-append-bytes plus 1 MiB ({max_message}), \
                  or a maximal append could never be read",
-                config.max_request_bytes_in_flight
+                settings.max_request_bytes_in_flight
             )));
         }
-        let security = Security::load(&config.security, config.listen)?;
-        let listener = TcpListener::bind(config.listen).await.map_err(|error| {
-            Error::Startup(format!("cannot listen on {}: {error}", config.listen))
+        let security = Security::load(&settings.security, settings.listen)?;
+        let listener = TcpListener::bind(settings.listen).await.map_err(|error| {
+            Error::Startup(format!("cannot listen on {}: {error}", settings.listen))
         })?;
-        let metrics_listener = match config.metrics_listen {
+        let metrics_listener = match settings.metrics_listen {
             Some(address) => Some(TcpListener::bind(address).await.map_err(|error| {
                 Error::Startup(format!("cannot listen for metrics on {address}: {error}"))
             })?),
             None => None,
         };
-        let database = Database::open(&config.database).await?;
+        let database = Database::open(&settings.database).await?;
         Ok(Self {
             listener,
             metrics_listener,
             security,
-            config,
+            settings,
             database,
             subscribers: Arc::default(),
         })
@@ -162,11 +164,11 @@ impl Application {
             listener,
             metrics_listener,
             security,
-            config,
+            settings,
             database,
             subscribers,
         } = self;
-        let grace = Duration::from_secs(config.shutdown_grace_secs);
+        let grace = settings.shutdown_grace;
         // Flipped to true once, when shutdown begins: by the signal, or by this function when
         // the server fails. Every background task watches it.
         let stop_sender = Arc::new(watch::Sender::new(false));
@@ -185,7 +187,7 @@ impl Application {
         let mut server = serve_grpc(
             listener,
             security,
-            &config,
+            &settings,
             health_service,
             &ready_core,
             &tasks,
@@ -193,7 +195,7 @@ impl Application {
 
         let started = start_serving(
             &database,
-            &config,
+            &settings,
             &subscribers,
             &ready_core,
             &health,
@@ -269,7 +271,7 @@ type GrpcServer = JoinHandle<Result<(), tonic::transport::Error>>;
 fn serve_grpc(
     listener: TcpListener,
     security: Security,
-    config: &ServeConfig,
+    settings: &Settings,
     health_service: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
@@ -291,23 +293,23 @@ fn serve_grpc(
         .map_err(|error| Error::Startup(format!("reflection: {error}")))?;
     // Room for a maximal append plus protobuf framing; larger messages never reach validation
     // (MessageLimit refuses them from their frame header).
-    let max_message = config.max_append_bytes.saturating_add(1024 * 1024);
+    let max_message = settings.max_message_bytes();
     let admin = AdminServiceServer::new(AdminService::new(ready_core.clone()))
         .max_decoding_message_size(max_message);
     let event_store = EventStoreServiceServer::new(EventStoreService::new(ready_core.clone()))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(
-            config
+            settings
+                .limits
                 .max_event_bytes
                 .saturating_add(1024 * 1024)
                 .max(4 << 20),
         );
 
-    let keepalive = (config.keepalive_secs > 0).then(|| Duration::from_secs(config.keepalive_secs));
     let mut builder = Server::builder()
-        .max_concurrent_streams(config.max_streams_per_connection)
-        .http2_keepalive_interval(keepalive)
-        .http2_keepalive_timeout(Some(Duration::from_secs(config.keepalive_timeout_secs)));
+        .max_concurrent_streams(settings.max_streams_per_connection)
+        .http2_keepalive_interval(settings.keepalive)
+        .http2_keepalive_timeout(Some(settings.keepalive_timeout));
     let tls = security.tls.is_some();
     if let Some(tls) = security.tls {
         builder = builder
@@ -315,8 +317,7 @@ fn serve_grpc(
             .map_err(|error| Error::Startup(format!("TLS: {error}")))?;
     }
     let authenticated = security.tokens.is_some();
-    let idle_timeout =
-        (config.idle_timeout_secs > 0).then(|| Duration::from_secs(config.idle_timeout_secs));
+    let idle_timeout = settings.idle_timeout;
     let server = builder
         // Outermost first: every call counts as activity, refused ones too; refusals are
         // logged and answered with the request id.
@@ -325,7 +326,7 @@ fn serve_grpc(
         .layer(AroundLayer(Authenticate::new(security.tokens)))
         .layer(AroundLayer(MessageLimit::new(
             max_message,
-            config.max_request_bytes_in_flight,
+            settings.max_request_bytes_in_flight,
         )))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -362,20 +363,20 @@ impl Running {
 /// the core, and reports SERVING. `Ok(None)`: shutdown began first.
 async fn start_serving(
     database: &Database,
-    config: &ServeConfig,
+    settings: &Settings,
     subscribers: &Arc<Registry>,
     ready_core: &ReadyCore,
     health: &HealthReporter,
     tasks: &Tasks,
 ) -> Result<Option<Running>> {
     let prepared = tokio::select! {
-        prepared = prepare(&database.options, config, subscribers, tasks) => prepared,
+        prepared = prepare(&database.options, settings, subscribers, tasks) => prepared,
         () = stopped(tasks.stop()) => return Ok(None),
     };
     let (pool, hub, hub_task) = prepared.inspect_err(|error| {
         error!(%error, "cannot prepare the database");
     })?;
-    let started = start_core(&pool, hub, &database.options, config, tasks).await;
+    let started = start_core(&pool, hub, &database.options, settings, tasks).await;
     let (core, writer) = match started {
         Ok(started) => started,
         Err(error) => {
@@ -441,15 +442,14 @@ async fn start_core(
     pool: &PgPool,
     hub: Arc<Hub>,
     options: &PgConnectOptions,
-    config: &ServeConfig,
+    settings: &Settings,
     tasks: &Tasks,
 ) -> Result<(Core, JoinHandle<()>)> {
-    let projection_settings = config.projection_settings();
     let (store, writer) = Store::start(
         pool.clone(),
-        config.limits(),
+        settings.limits,
         InlineSource {
-            sql_timeout: projection_settings.sql_timeout,
+            sql_timeout: settings.projection.sql_timeout,
         },
         tasks,
     );
@@ -457,13 +457,13 @@ async fn start_core(
         pool.clone(),
         hub.clone(),
         tasks.clone(),
-        config.max_subscribers as usize,
+        settings.max_subscribers,
     );
     let projections = Arc::new(Projections::new(
         pool.clone(),
         options.clone(),
-        config.node(),
-        projection_settings,
+        settings.node.clone(),
+        settings.projection.clone(),
         hub,
         tasks.clone(),
     ));
@@ -472,7 +472,7 @@ async fn start_core(
         let _ = writer.await;
         return Err(error);
     }
-    if let Some(dir) = &config.projections
+    if let Some(dir) = &settings.projections_dir
         && let Err(error) = projections.register_dir(dir).await
     {
         store.stop().await;
@@ -496,21 +496,21 @@ async fn start_core(
 /// unreachable.
 async fn prepare(
     options: &PgConnectOptions,
-    config: &ServeConfig,
+    settings: &Settings,
     subscribers: &Arc<Registry>,
     tasks: &Tasks,
 ) -> Result<(PgPool, Arc<Hub>, JoinHandle<()>)> {
     let mut delay = CONNECT_RETRY_FIRST;
     loop {
         let attempt = async {
-            let pool = database::connect(options, config.database.pool_size).await?;
+            let pool = database::connect(options, settings.database.pool_size).await?;
             database::migrate(&pool).await?;
             database::warn_if_superuser(&pool).await?;
             let (hub, hub_task) = Hub::start(
                 pool.clone(),
                 options,
                 subscribers.clone(),
-                config.live_buffer_batches as usize,
+                settings.live_buffer_batches,
                 tasks,
             )
             .await?;

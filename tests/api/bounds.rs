@@ -19,7 +19,11 @@ fn register(toml: &str) -> pb::RegisterProjectionRequest {
 
 #[tokio::test]
 async fn a_looping_inline_handler_fails_its_own_append_within_the_sql_timeout() {
-    let mut app = TestApp::spawn_configured(|_| {}, &["--projection-sql-timeout-ms", "300"]).await;
+    let mut app = TestApp::spawn_configured(
+        |settings| settings.projection.sql_timeout = Duration::from_millis(300),
+        &[],
+    )
+    .await;
     let mut admin = admin(app.server.endpoint()).await;
     for (name, on_error) in [("strict", "fail"), ("lenient", "skip")] {
         let toml = format!(

@@ -14,6 +14,7 @@ use highwater::{
     config::ServeConfig,
     pb::{self, event_store_service_client::EventStoreServiceClient},
     server::Application,
+    settings::Settings,
 };
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use tokio::{sync::oneshot, task::JoinHandle};
@@ -166,7 +167,7 @@ impl Drop for TestDatabase {
 }
 
 /// Server flags for a test: an ephemeral port on loopback and the given database.
-pub fn config_for(database_url: &str, extra: &[&str]) -> ServeConfig {
+pub fn config_for(database_url: &str, extra: &[&str]) -> Settings {
     let mut args = vec![
         "highwater",
         "--listen",
@@ -186,6 +187,7 @@ pub fn config_for(database_url: &str, extra: &[&str]) -> ServeConfig {
     <ServeFlags as clap::FromArgMatches>::from_arg_matches(&matches)
         .expect("valid test flags")
         .serve
+        .into()
 }
 
 /// The server's flags, parsed as `highwater serve` parses them.
@@ -209,7 +211,7 @@ pub struct RunningServer {
 
 impl RunningServer {
     /// Builds and runs a server; does not wait for readiness.
-    pub async fn start(config: ServeConfig) -> Self {
+    pub async fn start(config: Settings) -> Self {
         let app = Application::build(config).await.expect("build the server");
         let address = app.local_addr();
         let metrics = app.metrics_addr();
@@ -309,7 +311,7 @@ impl TestApp {
     }
 
     /// With extra server flags and settings changed in the typed configuration.
-    pub async fn spawn_configured(change: impl FnOnce(&mut ServeConfig), extra: &[&str]) -> Self {
+    pub async fn spawn_configured(change: impl FnOnce(&mut Settings), extra: &[&str]) -> Self {
         let database = TestDatabase::new();
         let mut config = config_for(&database.url, extra);
         change(&mut config);
