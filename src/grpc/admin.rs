@@ -15,6 +15,7 @@ use highwater_core::{
     projection::{
         Projections,
         definition::{Definition, Mode, OnError},
+        name::ProjectionName,
         rebuild::{Phase, Progress, Strategy},
     },
     store::deletion::Deletion,
@@ -233,7 +234,8 @@ fn definition_from(definition: pb::ProjectionDefinition) -> Result<Definition, E
         Err(_) => return Err(Error::invalid("definition.on_error", "unknown on_error")),
     };
     Ok(Definition {
-        name: definition.name,
+        name: ProjectionName::parse(&definition.name)
+            .map_err(|problem| Error::invalid("name", format!("api: {problem}")))?,
         version: i32::try_from(definition.version.max(1))
             .map_err(|_| Error::invalid("definition.version", "too large"))?,
         mode,
@@ -246,7 +248,7 @@ fn definition_from(definition: pb::ProjectionDefinition) -> Result<Definition, E
 
 fn definition_message(definition: &Definition) -> pb::ProjectionDefinition {
     pb::ProjectionDefinition {
-        name: definition.name.clone(),
+        name: definition.name.to_string(),
         version: definition.version as u32,
         mode: match definition.mode {
             Mode::Inline => pb::ProjectionMode::Inline,

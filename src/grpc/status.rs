@@ -46,10 +46,10 @@ pub fn status(error: Error) -> Status {
         | Error::SubscriptionNotFound(_)
         | Error::ProjectionNotFound(_) => Status::not_found(message),
         Error::FailedPrecondition(_) => Status::failed_precondition(message),
-        Error::Unavailable(_) => Status::unavailable(message),
+        Error::Unavailable(_) | Error::DatabaseUnavailable(_) => Status::unavailable(message),
         Error::ResourceExhausted(_) => Status::resource_exhausted(message),
         Error::PermissionDenied(_) => Status::permission_denied(message),
-        Error::Internal(_) | Error::Startup(_) => {
+        Error::Internal(_) | Error::Database(_) | Error::Startup(_) => {
             tracing::error!(error = %message, "internal error");
             Status::internal(message)
         }

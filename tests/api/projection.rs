@@ -1149,3 +1149,57 @@ async fn a_rebuild_running_at_shutdown_stops_with_its_server_and_is_resumed_afte
         fold(&log)
     );
 }
+
+/// A projection's name becomes part of SQL identifiers (`projection_<name>.v<N>`), so a name
+/// that is not a lowercase identifier is refused however the definition arrives (a protobuf
+/// definition or TOML): INVALID_ARGUMENT naming the field, and nothing registered.
+#[tokio::test]
+async fn a_name_that_is_not_an_identifier_is_refused_from_either_source() {
+    use tonic_types::StatusExt;
+
+    let app = TestApp::spawn().await;
+    let mut admin = admin(app.server.endpoint()).await;
+    for name in ["Cart", "a;drop table events", "x-y", ""] {
+        let definition = pb::ProjectionDefinition {
+            name: name.into(),
+            version: 1,
+            mode: pb::ProjectionMode::Inline as i32,
+            on_error: pb::OnError::Fail as i32,
+            setup: "CREATE TABLE {{table}} (k text)".into(),
+            handlers: [("E".to_string(), "SELECT 1".to_string())].into(),
+        };
+        let status = admin
+            .register_projection(pb::RegisterProjectionRequest {
+                source: Some(pb::register_projection_request::Source::Definition(
+                    definition,
+                )),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{name:?}: {status:?}");
+        let fields: Vec<String> = status
+            .get_details_bad_request()
+            .expect("a BadRequest detail")
+            .field_violations
+            .into_iter()
+            .map(|violation| violation.field)
+            .collect();
+        assert_eq!(fields, ["name"], "{name:?}");
+
+        let toml = format!(
+            "name = {name:?}\nmode = \"inline\"\nsetup = \"CREATE TABLE {{{{table}}}} (k text)\"\n[handlers]\nE = \"SELECT 1\"\n"
+        );
+        let status = admin
+            .register_projection(register_toml(&toml))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{name:?}: {status:?}");
+        assert!(status.message().contains("lowercase letters"), "{status:?}");
+    }
+    let listed = admin
+        .list_projections(pb::ListProjectionsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.projections.is_empty(), "{listed:?}");
+}

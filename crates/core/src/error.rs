@@ -50,6 +50,15 @@ pub enum Error {
     #[error("{0}")]
     Unavailable(String),
 
+    /// The database could not be reached or dropped the connection, with the driver's error:
+    /// retrying is safe.
+    #[error("database unavailable: {0}")]
+    DatabaseUnavailable(#[source] sqlx::Error),
+
+    /// A statement failed for a reason that is not the caller's, with the driver's error.
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+
     /// A configured limit is reached (such as --max-subscribers): retry later or elsewhere.
     #[error("{0}")]
     ResourceExhausted(String),
@@ -83,7 +92,7 @@ impl Error {
 
     /// Whether the failure is transient (connection-level) rather than a property of the request.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Self::Unavailable(_))
+        matches!(self, Self::Unavailable(_) | Self::DatabaseUnavailable(_))
     }
 }
 
@@ -92,9 +101,9 @@ impl From<sqlx::Error> for Error {
     /// rest are internal errors.
     fn from(error: sqlx::Error) -> Self {
         if is_connection_error(&error) {
-            Self::Unavailable(format!("database unavailable: {error}"))
+            Self::DatabaseUnavailable(error)
         } else {
-            Self::Internal(format!("database error: {error}"))
+            Self::Database(error)
         }
     }
 }
@@ -114,5 +123,37 @@ pub fn is_connection_error(error: &sqlx::Error) -> bool {
             code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
         }),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn database_errors_keep_the_drivers_error_as_their_source() {
+        let lost = Error::from(sqlx::Error::PoolTimedOut);
+        assert!(lost.is_unavailable());
+        assert!(
+            lost.source()
+                .is_some_and(|source| source.is::<sqlx::Error>())
+        );
+        assert!(
+            lost.to_string().starts_with("database unavailable: "),
+            "{lost}"
+        );
+        let failed = Error::from(sqlx::Error::RowNotFound);
+        assert!(!failed.is_unavailable());
+        assert!(
+            failed
+                .source()
+                .is_some_and(|source| source.is::<sqlx::Error>())
+        );
+        assert!(
+            failed.to_string().starts_with("database error: "),
+            "{failed}"
+        );
     }
 }

@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::name::ProjectionName;
 use crate::error::{Error, FieldViolation, Result};
 
 /// The schema holding read-model tables and views.
 pub const SCHEMA: &str = "projections";
-const MAX_NAME_LEN: usize = 40;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -44,7 +44,8 @@ pub enum OnError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Definition {
-    pub name: String,
+    /// Checked when it is made (deserialized or parsed): it is spliced into SQL identifiers.
+    pub name: ProjectionName,
     #[serde(default = "first_version")]
     pub version: i32,
     pub mode: Mode,
@@ -129,15 +130,6 @@ impl Definition {
         } else {
             self.source.as_str()
         };
-        if !is_identifier(&self.name) {
-            violations.push(FieldViolation::new(
-                "name",
-                format!(
-                    "{source}: {:?} must be 1 to {MAX_NAME_LEN} lowercase letters, digits or _ and start with a letter",
-                    self.name
-                ),
-            ));
-        }
         if self.version < 1 {
             violations.push(FieldViolation::new(
                 "version",
@@ -215,14 +207,6 @@ impl Definition {
             })
             .collect()
     }
-}
-
-/// Lowercase identifiers only: they become table and view names.
-pub fn is_identifier(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
-        && name.len() <= MAX_NAME_LEN
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 /// Replaces `{{table}}` and the named parameters (`$stream`, `$data`...) with positional ones.

@@ -5,7 +5,9 @@ pub mod apply;
 pub mod catalog;
 pub mod definition;
 pub mod keys;
+pub mod name;
 pub mod rebuild;
+pub mod registration;
 pub mod sandbox;
 pub mod setup;
 pub mod status;
@@ -21,7 +23,6 @@ use std::{
 
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row, postgres::PgConnectOptions};
 use tokio::sync::watch;
-use tracing::info;
 
 use crate::{
     error::{Error, Result},
@@ -211,119 +212,17 @@ impl Projections {
         sqlx::query(
             "INSERT INTO projections (name, mode) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
         )
-        .bind(&definition.name)
+        .bind(definition.name.as_str())
         .bind(definition.mode.as_str())
         .execute(&mut *transaction)
         .await?;
         sqlx::query("SELECT 1 FROM projections WHERE name = $1 FOR NO KEY UPDATE")
-            .bind(&definition.name)
+            .bind(definition.name.as_str())
             .execute(&mut *transaction)
             .await?;
         let existing = versions::versions(&mut transaction, &definition.name).await?;
-        let newest = existing.first().map_or(0, |v| v.version);
-        let stored =
-            serde_json::to_value(&definition).map_err(|e| Error::Internal(e.to_string()))?;
-        let mut build = false;
-        match existing.iter().find(|v| v.version == definition.version) {
-            Some(same) if same_definition(&same.definition, &definition) => {}
-            // A version number means one definition: this number is a rebuild's copy of an
-            // older version, and other handlers under it would change the copy without a build.
-            Some(versions::VersionRow {
-                rebuilt_from: Some(copied),
-                ..
-            }) => {
-                return Err(Error::FailedPrecondition(format!(
-                    "{}: version {} of {} was made by a rebuild of version {}; register version {}",
-                    source(&definition),
-                    definition.version,
-                    definition.name,
-                    copied,
-                    newest + 1
-                )));
-            }
-            Some(same)
-                if same.definition.setup == definition.setup
-                    && same.definition.mode == definition.mode =>
-            {
-                sandbox::ensure(&mut transaction, &definition).await?;
-                check_handlers(&mut transaction, &definition, definition.version).await?;
-                sandbox::install_apply_function(&mut transaction, &definition, definition.version)
-                    .await?;
-                // Lock order, everywhere: the projections row, then log_head, then
-                // projection_versions rows (inline appends take the last two in that order).
-                versions::bump_catalog(&mut transaction).await?;
-                // A failed active version (a rebuild in place that failed, or an audit) has a
-                // gap: it stopped at applied_position while appends recorded skips. It is not
-                // made active again as it stands (the inline claim would jump over the gap and
-                // the skips would stay pending): it resumes as an in-place rebuild from
-                // applied_position, which applies the gap and replays the skips.
-                let status: Option<String> = sqlx::query_scalar(
-                    "UPDATE projection_versions
-                        SET definition = $3, updated_at = now(),
-                            status = CASE WHEN status = 'failed' AND last_error IS NOT NULL
-                                           AND EXISTS (SELECT 1 FROM projections p WHERE p.name = $1 AND p.active_version = $2)
-                                          THEN 'rebuilding' ELSE status END
-                      WHERE name = $1 AND version = $2
-                      RETURNING status",
-                )
-                .bind(&definition.name)
-                .bind(definition.version)
-                .bind(&stored)
-                .fetch_optional(&mut *transaction)
-                .await?;
-                let status = status
-                    .map(|stored| stored.parse::<VersionStatus>())
-                    .transpose()?;
-                build = same.status == VersionStatus::Failed
-                    && status == Some(VersionStatus::Rebuilding);
-                info!(projection = %definition.name, version = definition.version, "projection handlers updated");
-            }
-            Some(_) => {
-                return Err(Error::FailedPrecondition(format!(
-                    "{}: version {} of {} exists with another setup or mode; register version {}",
-                    source(&definition),
-                    definition.version,
-                    definition.name,
-                    newest + 1
-                )));
-            }
-            None if definition.version < newest => {
-                return Err(Error::FailedPrecondition(format!(
-                    "{}: version {} of {} is older than its version {newest}",
-                    source(&definition),
-                    definition.version,
-                    definition.name
-                )));
-            }
-            None => {
-                setup::run(&mut transaction, &definition, definition.version, timeout).await?;
-                check_handlers(&mut transaction, &definition, definition.version).await?;
-                sandbox::install_apply_function(&mut transaction, &definition, definition.version)
-                    .await?;
-                sqlx::query(
-                    "INSERT INTO projection_versions (name, version, definition, status) VALUES ($1, $2, $3, 'building')",
-                )
-                .bind(&definition.name)
-                .bind(definition.version)
-                .bind(&stored)
-                .execute(&mut *transaction)
-                .await?;
-                // Versions only move forward: older versions still waiting to be built are
-                // superseded (a rebuild building one stops at its next batch).
-                sqlx::query(
-                    "UPDATE projection_versions
-                        SET status = 'retired', last_error = $3, updated_at = now()
-                      WHERE name = $1 AND version < $2 AND status = 'building'",
-                )
-                .bind(&definition.name)
-                .bind(definition.version)
-                .bind(format!("superseded by version {}", definition.version))
-                .execute(&mut *transaction)
-                .await?;
-                build = true;
-                info!(projection = %definition.name, version = definition.version, "projection registered");
-            }
-        }
+        let plan = registration::plan(&existing, &definition)?;
+        let build = registration::apply(&mut transaction, plan, &definition, timeout).await?;
         transaction.commit().await?;
         Ok(build)
     }
@@ -553,58 +452,3 @@ impl Projections {
 
 /// id, projection, version, position, kind, reason, recorded (µs), archived (µs).
 type SystemMessageRow = (i64, String, i32, i64, String, String, i64, Option<i64>);
-
-fn source(definition: &Definition) -> &str {
-    if definition.source.is_empty() {
-        "definition"
-    } else {
-        &definition.source
-    }
-}
-
-fn same_definition(a: &Definition, b: &Definition) -> bool {
-    a.mode == b.mode && a.on_error == b.on_error && a.setup == b.setup && a.handlers == b.handlers
-}
-
-/// Prepares every handler against the version's table: errors name the source, the handler and
-/// PostgreSQL's message. `PREPARE` takes only one SELECT, INSERT, UPDATE, DELETE, MERGE or VALUES
-/// statement, so no handler can change a table's definition, make an object or touch the session
-/// beyond what such a statement can (docs/ARCHITECTURE.md, "The projection sandbox"); the
-/// extended protocol refuses a second statement after a semicolon.
-async fn check_handlers(
-    connection: &mut PgConnection,
-    definition: &Definition,
-    version: i32,
-) -> Result<()> {
-    for (event_type, handler) in definition.handlers_for(version)? {
-        let checked = async {
-            // The handler is the user's text, but PREPARE only parses it: nothing runs here.
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "PREPARE highwater_check AS {}",
-                handler.sql
-            )))
-            .execute(&mut *connection)
-            .await?;
-            sqlx::query("DEALLOCATE highwater_check")
-                .execute(&mut *connection)
-                .await
-        };
-        checked.await.map_err(|error| {
-            let hint = match &error {
-                sqlx::Error::Database(db) if db.code().as_deref() == Some("42601") => {
-                    " (a handler is one SELECT, INSERT, UPDATE, DELETE or MERGE statement)"
-                }
-                _ => "",
-            };
-            Error::invalid(
-                format!("handlers.{event_type}"),
-                format!(
-                    "{}: handler {event_type}: {}{hint}",
-                    source(definition),
-                    apply::database_message(&error)
-                ),
-            )
-        })?;
-    }
-    Ok(())
-}

@@ -32,7 +32,7 @@ const INSUFFICIENT_PRIVILEGE: &str = "42501";
 /// Creates the projection's role and schema if missing; grants only what its SQL may use.
 pub async fn ensure(connection: &mut PgConnection, definition: &Definition) -> Result<()> {
     sqlx::query("SELECT highwater_sandbox_ensure($1)")
-        .bind(&definition.name)
+        .bind(definition.name.as_str())
         .execute(&mut *connection)
         .await
         .map_err(|error| match &error {
@@ -59,7 +59,7 @@ pub async fn run_setup(
 ) -> Result<()> {
     ensure(connection, definition).await?;
     let function = format!("{}.highwater_setup", definition.schema());
-    // The schema comes from a validated identifier (definition::is_identifier).
+    // The schema comes from a checked name (name::ProjectionName).
     sqlx::query(AssertSqlSafe(format!(
         "CREATE OR REPLACE FUNCTION {function}(sql text) RETURNS void LANGUAGE plpgsql
          SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -92,7 +92,7 @@ pub async fn run_setup(
 /// later with another role's rights or reach beyond its own tables.
 pub async fn audit(connection: &mut PgConnection, definition: &Definition) -> Result<()> {
     let findings: Vec<String> = sqlx::query_scalar("SELECT highwater_sandbox_audit($1)")
-        .bind(&definition.name)
+        .bind(definition.name.as_str())
         .fetch_all(&mut *connection)
         .await?;
     if findings.is_empty() {
@@ -146,7 +146,7 @@ pub async fn install_apply_function(
 
 async fn own(connection: &mut PgConnection, definition: &Definition, function: &str) -> Result<()> {
     sqlx::query("SELECT highwater_sandbox_own($1, $2::regprocedure)")
-        .bind(&definition.name)
+        .bind(definition.name.as_str())
         .bind(function)
         .execute(&mut *connection)
         .await?;

@@ -171,7 +171,7 @@ pub async fn point_view(
     definition: &Definition,
     version: i32,
 ) -> Result<(), sqlx::Error> {
-    // Names are validated identifiers (definition::is_identifier): safe to format.
+    // Names are checked (name::ProjectionName): safe to format.
     // Replacing keeps the view's identity, so readers waiting on it carry on; when the columns
     // changed between versions, it is dropped and created again instead.
     let view = definition.view();

@@ -320,7 +320,12 @@ async fn write_requests(
         };
         match outcome {
             // Not a property of this request: let the group fail (and split) as a whole.
-            Err(error @ (Error::Unavailable(_) | Error::Internal(_))) => {
+            Err(
+                error @ (Error::Unavailable(_)
+                | Error::DatabaseUnavailable(_)
+                | Error::Internal(_)
+                | Error::Database(_)),
+            ) => {
                 return Err(GroupFailure::Group(error));
             }
             Err(refused) => {
