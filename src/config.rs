@@ -110,7 +110,8 @@ pub struct ServeConfig {
     #[arg(long, env = "HIGHWATER_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
-    /// Seconds to let in-flight requests finish after SIGINT/SIGTERM before cutting them off.
+    /// Seconds to let in-flight requests finish after SIGINT/SIGTERM before cutting them off;
+    /// background tasks (the writer, rebuilds, workers) then get as long again to stop.
     #[arg(long, env = "HIGHWATER_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
 

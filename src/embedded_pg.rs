@@ -18,7 +18,7 @@ use sqlx::{ConnectOptions, Connection, postgres::PgConnectOptions};
 use tokio::process::{Child, Command};
 use tracing::{info, warn};
 
-use highwater_core::error::{Error, Result};
+use crate::error::{ServerError as Error, ServerResult as Result};
 
 /// The role and database the server uses in its private cluster: not a superuser (it may
 /// create databases and roles, the latter for the projection sandbox).
@@ -259,7 +259,7 @@ impl EmbeddedPostgres {
                 info!(%status, "private PostgreSQL stopped");
                 Ok(())
             }
-            Ok(Err(error)) => Err(Error::Internal(format!("waiting for PostgreSQL: {error}"))),
+            Ok(Err(error)) => Err(Error::Stop(format!("waiting for PostgreSQL: {error}"))),
             Err(_) => {
                 warn!("PostgreSQL did not stop in time; sending SIGQUIT");
                 signal(&child, libc::SIGQUIT);

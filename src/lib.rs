@@ -11,6 +11,8 @@ pub mod auth;
 pub mod config;
 /// A private PostgreSQL from the machine's own binaries.
 pub mod embedded_pg;
+/// The server's own errors: starting and stopping, apart from the core's.
+pub mod error;
 /// Thin gRPC adapters over the core.
 pub mod grpc;
 /// The HTTP adapter: Prometheus metrics.

@@ -6,8 +6,8 @@ use std::{net::SocketAddr, path::Path, sync::Arc};
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::warn;
 
+use crate::error::{ServerError as Error, ServerResult as Result};
 use crate::{auth::Tokens, config::SecurityConfig};
-use highwater_core::error::{Error, Result};
 
 /// What the server enforces, read from the flags at start.
 pub struct Security {

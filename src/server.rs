@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 use crate::{
     config::DatabaseConfig,
     embedded_pg::EmbeddedPostgres,
+    error::{ServerError, ServerResult},
     grpc::{
         admin::AdminService,
         auth::Authenticate,
@@ -57,11 +58,12 @@ pub struct Database {
 
 impl Database {
     /// Parses the URL, or starts the private PostgreSQL when there is none.
-    pub async fn open(config: &DatabaseConfig) -> Result<Self> {
+    pub async fn open(config: &DatabaseConfig) -> ServerResult<Self> {
         match &config.database_url {
             Some(url) => {
-                let options = PgConnectOptions::from_str(url)
-                    .map_err(|error| Error::Startup(format!("invalid database URL: {error}")))?;
+                let options = PgConnectOptions::from_str(url).map_err(|error| {
+                    ServerError::Startup(format!("invalid database URL: {error}"))
+                })?;
                 Ok(Self {
                     options,
                     embedded: None,
@@ -80,7 +82,7 @@ impl Database {
     }
 
     /// Stops the private PostgreSQL, if this server runs one.
-    pub async fn close(self) -> Result<()> {
+    pub async fn close(self) -> ServerResult<()> {
         match self.embedded {
             Some(embedded) => embedded.stop().await,
             None => Ok(()),
@@ -102,11 +104,11 @@ pub struct Application {
 impl Application {
     /// Binds the listener and opens the database (starting the private one if needed). The
     /// database is connected and migrated by `run_until_stopped`, while health says NOT_SERVING.
-    pub async fn build(settings: impl Into<Settings>) -> Result<Self> {
+    pub async fn build(settings: impl Into<Settings>) -> ServerResult<Self> {
         let settings = settings.into();
         let max_message = settings.max_message_bytes();
         if settings.max_request_bytes_in_flight < max_message {
-            return Err(Error::Startup(format!(
+            return Err(ServerError::Startup(format!(
                 "--max-request-bytes-in-flight ({}) must be at least --max-append-bytes plus 1 MiB ({max_message}), \
                  or a maximal append could never be read",
                 settings.max_request_bytes_in_flight
@@ -114,11 +116,11 @@ impl Application {
         }
         let security = Security::load(&settings.security, settings.listen)?;
         let listener = TcpListener::bind(settings.listen).await.map_err(|error| {
-            Error::Startup(format!("cannot listen on {}: {error}", settings.listen))
+            ServerError::Startup(format!("cannot listen on {}: {error}", settings.listen))
         })?;
         let metrics_listener = match settings.metrics_listen {
             Some(address) => Some(TcpListener::bind(address).await.map_err(|error| {
-                Error::Startup(format!("cannot listen for metrics on {address}: {error}"))
+                ServerError::Startup(format!("cannot listen for metrics on {address}: {error}"))
             })?),
             None => None,
         };
@@ -154,12 +156,13 @@ impl Application {
 
     /// Serves until `shutdown` completes (or the gRPC server fails on its own), then stops
     /// accepting, lets in-flight requests finish (within the grace period), answers every queued
-    /// append, waits for every background task (within the grace period again) and stops the
-    /// private database (docs/ARCHITECTURE.md, "Tasks and shutdown").
+    /// append, waits for every background task and closes the pool (within the grace period
+    /// again: the whole shutdown takes at most twice the grace period, whatever the database
+    /// does) and stops the private database (docs/ARCHITECTURE.md, "Tasks and shutdown").
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<()> {
+    ) -> ServerResult<()> {
         let Self {
             listener,
             metrics_listener,
@@ -173,25 +176,34 @@ impl Application {
         // the server fails. Every background task watches it.
         let stop_sender = Arc::new(watch::Sender::new(false));
         let tasks = Tasks::new(stop_sender.subscribe());
-        tasks.spawn(
-            "shutdown-signal",
-            forward_shutdown(shutdown, stop_sender.clone()),
-        );
 
         let (health, health_service) = tonic_health::server::health_reporter();
         set_health(&health, ServingStatus::NotServing).await;
         let ready_core = ReadyCore::default();
-        if let Some(metrics_listener) = metrics_listener {
-            serve_metrics(metrics_listener, &ready_core, &tasks);
-        }
-        let mut server = serve_grpc(
+        // First, so that a server that cannot be built (a TLS file that does not parse) leaves
+        // no task behind.
+        let server = serve_grpc(
             listener,
             security,
             &settings,
             health_service,
             &ready_core,
             &tasks,
-        )?;
+        );
+        let mut server = match server {
+            Ok(server) => server,
+            Err(error) => {
+                database.close().await?;
+                return Err(error);
+            }
+        };
+        tasks.spawn(
+            "shutdown-signal",
+            forward_shutdown(shutdown, stop_sender.clone()),
+        );
+        if let Some(metrics_listener) = metrics_listener {
+            serve_metrics(metrics_listener, &ready_core, &tasks);
+        }
 
         let started = start_serving(
             &database,
@@ -214,22 +226,36 @@ impl Application {
         info!("shutting down: no new connections, finishing in-flight requests");
         set_health(&health, ServingStatus::NotServing).await;
         finish_requests(server, grace).await;
-        if let Some(running) = running {
-            running.stop().await;
+        // One more grace period for the rest, together: a writer or a pool stuck on a database
+        // that stopped answering must not hold the process.
+        let deadline = tokio::time::Instant::now() + grace;
+        if let Some(running) = running
+            && tokio::time::timeout_at(deadline, running.stop())
+                .await
+                .is_err()
+        {
+            warn!(
+                grace_secs = grace.as_secs(),
+                "the writer or the hub outlived the grace period"
+            );
         }
-        if let Err(still_running) = tasks.join(grace).await {
+        if let Err(still_running) = tasks.join_until(deadline).await {
             warn!(
                 still_running,
                 grace_secs = grace.as_secs(),
                 "background tasks outlived the grace period"
             );
         }
-        if let Some(pool) = ready_core.get().ok().map(|core| core.store.pool().clone()) {
-            pool.close().await;
+        if let Some(pool) = ready_core.get().ok().map(|core| core.store.pool().clone())
+            && tokio::time::timeout_at(deadline, pool.close())
+                .await
+                .is_err()
+        {
+            warn!("database connections outlived the grace period");
         }
         database.close().await?;
         match failure {
-            Some(error) => Err(error),
+            Some(error) => Err(error.into()),
             None => {
                 info!("stopped");
                 Ok(())
@@ -277,20 +303,20 @@ fn serve_grpc(
     >,
     ready_core: &ReadyCore,
     tasks: &Tasks,
-) -> Result<GrpcServer> {
+) -> ServerResult<GrpcServer> {
     let address = listener
         .local_addr()
-        .map_err(|e| Error::Startup(e.to_string()))?;
+        .map_err(|e| ServerError::Startup(e.to_string()))?;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
-        .map_err(|error| Error::Startup(format!("reflection: {error}")))?;
+        .map_err(|error| ServerError::Startup(format!("reflection: {error}")))?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
-        .map_err(|error| Error::Startup(format!("reflection: {error}")))?;
+        .map_err(|error| ServerError::Startup(format!("reflection: {error}")))?;
     // Room for a maximal append plus protobuf framing; larger messages never reach validation
     // (MessageLimit refuses them from their frame header).
     let max_message = settings.max_message_bytes();
@@ -314,7 +340,7 @@ fn serve_grpc(
     if let Some(tls) = security.tls {
         builder = builder
             .tls_config(tls)
-            .map_err(|error| Error::Startup(format!("TLS: {error}")))?;
+            .map_err(|error| ServerError::Startup(format!("TLS: {error}")))?;
     }
     let authenticated = security.tokens.is_some();
     let idle_timeout = settings.idle_timeout;
@@ -579,7 +605,7 @@ pub async fn shutdown_signal() {
 }
 
 /// `highwater migrate`: applies migrations and exits.
-pub async fn migrate(config: &DatabaseConfig) -> Result<()> {
+pub async fn migrate(config: &DatabaseConfig) -> ServerResult<()> {
     let database = Database::open(config).await?;
     let result = async {
         let pool = database::connect(&database.options, 1).await?;

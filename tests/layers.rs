@@ -9,7 +9,16 @@ use std::{collections::BTreeSet, process::Command};
 /// Every package `package` depends on to build (normal and build dependencies, transitively).
 fn dependencies(package: &str) -> BTreeSet<String> {
     let output = Command::new(env!("CARGO"))
-        .args(["tree", "--locked", "--offline", "-e", "normal,build"])
+        // Every feature: an optional dependency counts even when no default enables it. (The
+        // host's target only: other platforms' crates are not in the offline cache.)
+        .args([
+            "tree",
+            "--locked",
+            "--offline",
+            "-e",
+            "normal,build",
+            "--all-features",
+        ])
         .args(["--prefix", "none", "--format", "{p}", "-p", package])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use highwater_api::token::decode_hash;
 pub use highwater_api::token::{Role, hash_token, new_token};
 
-use highwater_core::error::{Error, Result};
+use crate::error::{ServerError as Error, ServerResult as Result};
 
 /// Why a request is refused.
 #[derive(Debug, PartialEq, Eq)]

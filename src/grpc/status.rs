@@ -49,7 +49,7 @@ pub fn status(error: Error) -> Status {
         Error::Unavailable(_) | Error::DatabaseUnavailable(_) => Status::unavailable(message),
         Error::ResourceExhausted(_) => Status::resource_exhausted(message),
         Error::PermissionDenied(_) => Status::permission_denied(message),
-        Error::Internal(_) | Error::Database(_) | Error::Startup(_) => {
+        Error::Internal(_) | Error::Database(_) => {
             tracing::error!(error = %message, "internal error");
             Status::internal(message)
         }

@@ -206,7 +206,7 @@ pub struct RunningServer {
     /// The server's subscribers and their progress.
     pub subscribers: std::sync::Arc<highwater_core::subscribe::registry::Registry>,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<highwater_core::error::Result<()>>>,
+    task: Option<JoinHandle<highwater::error::ServerResult<()>>>,
 }
 
 impl RunningServer {
@@ -273,7 +273,7 @@ impl RunningServer {
     }
 
     /// Graceful shutdown, as on SIGTERM; returns the server's result.
-    pub async fn stop(mut self) -> highwater_core::error::Result<()> {
+    pub async fn stop(mut self) -> highwater::error::ServerResult<()> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

@@ -19,4 +19,5 @@ mod restart;
 mod sandbox;
 mod security;
 mod server;
+mod shutdown;
 mod subscribe;

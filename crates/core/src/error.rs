@@ -69,10 +69,6 @@ pub enum Error {
 
     #[error("{0}")]
     Internal(String),
-
-    /// The server cannot start as configured (bad flag, no PostgreSQL binaries, port taken...).
-    #[error("{0}")]
-    Startup(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -3,7 +3,7 @@
 
 use std::{future::Future, time::Duration};
 
-use tokio::{sync::watch, task::JoinHandle};
+use tokio::{sync::watch, task::JoinHandle, time::Instant};
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info_span};
 
@@ -61,8 +61,13 @@ impl Tasks {
     /// Once shutdown has begun: waits until every task has ended, for at most `grace`. A task
     /// started meanwhile is waited for too. `Err` holds how many tasks were still running.
     pub async fn join(&self, grace: Duration) -> Result<(), usize> {
+        self.join_until(Instant::now() + grace).await
+    }
+
+    /// [`Tasks::join`], until `deadline`.
+    pub async fn join_until(&self, deadline: Instant) -> Result<(), usize> {
         self.tracker.close();
-        tokio::time::timeout(grace, self.tracker.wait())
+        tokio::time::timeout_at(deadline, self.tracker.wait())
             .await
             .map_err(|_| self.tracker.len())
     }

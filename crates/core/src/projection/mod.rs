@@ -156,10 +156,10 @@ impl Projections {
     pub async fn register_dir(self: &Arc<Self>, dir: &Path) -> Result<()> {
         let mut files: Vec<_> = std::fs::read_dir(dir)
             .map_err(|error| {
-                Error::Startup(format!(
-                    "cannot read projections folder {}: {error}",
-                    dir.display()
-                ))
+                Error::invalid(
+                    "projections",
+                    format!("cannot read projections folder {}: {error}", dir.display()),
+                )
             })?
             .flatten()
             .map(|entry| entry.path())
@@ -168,7 +168,10 @@ impl Projections {
         files.sort();
         for path in files {
             let text = std::fs::read_to_string(&path).map_err(|error| {
-                Error::Startup(format!("cannot read {}: {error}", path.display()))
+                Error::invalid(
+                    "projections",
+                    format!("cannot read {}: {error}", path.display()),
+                )
             })?;
             let definition = Definition::from_toml(&text, &path.display().to_string())?;
             self.register(definition).await?;

@@ -143,6 +143,8 @@ impl Projections {
         }
         loop {
             match self.async_batch(&mut connection, name).await? {
+                // Between batches, so a backlog does not keep a stopping server's worker going.
+                BatchOutcome::Applied if *stop.borrow() => return Ok(true),
                 BatchOutcome::Applied => continue,
                 // Failed or no longer async: give up leadership, look again later.
                 BatchOutcome::Gone => {
