@@ -327,6 +327,12 @@ impl TestApp {
         }
     }
 
+    /// The server, apart from its client and its database: to stop it and look at what it left.
+    pub fn into_server(self) -> (RunningServer, TestDatabase) {
+        drop(self.client);
+        (self.server, self.database)
+    }
+
     /// Stops the server gracefully and starts a new one on the same database.
     pub async fn restart(self) -> Self {
         let Self {

@@ -1089,12 +1089,7 @@ async fn a_rebuild_running_at_shutdown_stops_with_its_server_and_is_resumed_afte
         }
     }
 
-    let TestApp {
-        server,
-        client,
-        database,
-    } = app;
-    drop(client);
+    let (server, database) = app.into_server();
     server.stop().await.expect("graceful stop");
     let mut last = None;
     while let Ok(Some(message)) = progress.message().await {

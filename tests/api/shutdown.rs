@@ -36,12 +36,7 @@ async fn stopping_takes_at_most_twice_the_grace_when_the_writer_is_stuck_in_the_
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let TestApp {
-        server,
-        client,
-        database,
-    } = app;
-    drop(client);
+    let (server, database) = app.into_server();
     let started = Instant::now();
     let stopped = tokio::time::timeout(Duration::from_secs(20), server.stop()).await;
     let took = started.elapsed();
@@ -104,12 +99,7 @@ async fn an_async_worker_with_a_backlog_stops_with_its_server() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop(admin);
 
-    let TestApp {
-        server,
-        client,
-        database,
-    } = app;
-    drop(client);
+    let (server, database) = app.into_server();
     server.stop().await.expect("graceful stop");
     let mut connection = database.connect().await;
     let applied = "SELECT applied_position FROM projection_versions WHERE name = 'tally'";
