@@ -119,39 +119,6 @@ pub struct ServeConfig {
     pub log: LogConfig,
 }
 
-impl ServeConfig {
-    pub fn projection_settings(&self) -> highwater_core::projection::Settings {
-        highwater_core::projection::Settings {
-            batch_size: self.projection_batch_size,
-            heartbeat_timeout: std::time::Duration::from_millis(self.rebuild_heartbeat_timeout_ms),
-            supervise_interval: std::time::Duration::from_millis(self.projection_supervise_ms),
-            batch_pause: (self.rebuild_batch_pause_ms > 0)
-                .then(|| std::time::Duration::from_millis(self.rebuild_batch_pause_ms)),
-            sql_timeout: std::time::Duration::from_millis(self.projection_sql_timeout_ms),
-        }
-    }
-
-    /// The node name: the flag, or host name and process id.
-    pub fn node(&self) -> String {
-        self.node_name.clone().unwrap_or_else(|| {
-            let host = std::fs::read_to_string("/etc/hostname")
-                .map(|h| h.trim().to_string())
-                .ok()
-                .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| "localhost".into());
-            format!("{host}:{}", std::process::id())
-        })
-    }
-
-    pub fn limits(&self) -> Limits {
-        Limits {
-            max_event_bytes: self.max_event_bytes,
-            max_append_bytes: self.max_append_bytes,
-            max_append_events: self.max_append_events as usize,
-        }
-    }
-}
-
 /// Who may connect and do what.
 #[derive(Debug, Clone, Args)]
 pub struct SecurityConfig {

@@ -58,13 +58,36 @@ fn seconds_or_off(seconds: u64) -> Option<Duration> {
     (seconds > 0).then(|| Duration::from_secs(seconds))
 }
 
+/// The node name: the flag, or host name and process id.
+fn node_name(flag: Option<String>) -> String {
+    flag.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        format!("{host}:{}", std::process::id())
+    })
+}
+
 impl From<ServeConfig> for Settings {
     fn from(config: ServeConfig) -> Self {
         Self {
             listen: config.listen,
-            limits: config.limits(),
-            projection: config.projection_settings(),
-            node: config.node(),
+            limits: Limits {
+                max_event_bytes: config.max_event_bytes,
+                max_append_bytes: config.max_append_bytes,
+                max_append_events: config.max_append_events as usize,
+            },
+            projection: projection::Settings {
+                batch_size: config.projection_batch_size,
+                heartbeat_timeout: Duration::from_millis(config.rebuild_heartbeat_timeout_ms),
+                supervise_interval: Duration::from_millis(config.projection_supervise_ms),
+                batch_pause: (config.rebuild_batch_pause_ms > 0)
+                    .then(|| Duration::from_millis(config.rebuild_batch_pause_ms)),
+                sql_timeout: Duration::from_millis(config.projection_sql_timeout_ms),
+            },
+            node: node_name(config.node_name),
             max_request_bytes_in_flight: config.max_request_bytes_in_flight,
             live_buffer_batches: config.live_buffer_batches as usize,
             projections_dir: config.projections,

@@ -1,7 +1,7 @@
 //! Shutdown: the stop signal every background task watches, and the one owner that starts every
 //! background task and waits for them at shutdown (docs/ARCHITECTURE.md, "Tasks and shutdown").
 
-use std::{future::Future, time::Duration};
+use std::future::Future;
 
 use tokio::{sync::watch, task::JoinHandle, time::Instant};
 use tokio_util::task::TaskTracker;
@@ -53,18 +53,8 @@ impl Tasks {
             .spawn(task.instrument(info_span!("task", name)))
     }
 
-    /// How many tasks are running.
-    pub fn running(&self) -> usize {
-        self.tracker.len()
-    }
-
-    /// Once shutdown has begun: waits until every task has ended, for at most `grace`. A task
-    /// started meanwhile is waited for too. `Err` holds how many tasks were still running.
-    pub async fn join(&self, grace: Duration) -> Result<(), usize> {
-        self.join_until(Instant::now() + grace).await
-    }
-
-    /// [`Tasks::join`], until `deadline`.
+    /// Once shutdown has begun: waits until every task has ended, until `deadline` at most. A
+    /// task started meanwhile is waited for too. `Err` holds how many tasks were still running.
     pub async fn join_until(&self, deadline: Instant) -> Result<(), usize> {
         self.tracker.close();
         tokio::time::timeout_at(deadline, self.tracker.wait())

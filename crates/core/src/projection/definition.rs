@@ -122,14 +122,19 @@ impl Definition {
         Ok(definition)
     }
 
+    /// Where the definition came from (its file, or `api`), as messages name it.
+    pub fn origin(&self) -> &str {
+        if self.source.is_empty() {
+            "definition"
+        } else {
+            &self.source
+        }
+    }
+
     /// Checks names and handlers; errors name the source and the handler.
     pub fn validate(&self) -> Result<()> {
         let mut violations = Vec::new();
-        let source = if self.source.is_empty() {
-            "definition"
-        } else {
-            self.source.as_str()
-        };
+        let source = self.origin();
         if self.version < 1 {
             violations.push(FieldViolation::new(
                 "version",

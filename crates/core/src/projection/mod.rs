@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use crate::{
     error::{Error, Result},
     shutdown::Tasks,
-    store::columns::micros_to_time,
+    store::{columns::micros_to_time, head},
     subscribe::hub::Hub,
 };
 use definition::Definition;
@@ -248,7 +248,7 @@ impl Projections {
             return Err(Error::ProjectionNotFound(name.to_string()));
         };
         let all = versions::versions(&mut connection, name).await?;
-        let head = versions::head(&mut connection).await?;
+        let head = head::position(&mut *connection).await?;
         let applied = all
             .iter()
             .find(|v| Some(v.version) == active_version)
@@ -427,7 +427,7 @@ impl Projections {
             sandbox::ensure(&mut transaction, &newest.definition).await?;
             if let Err(error) = sandbox::audit(&mut transaction, &newest.definition).await {
                 tracing::error!(projection = %name, %error, "projection fails the sandbox audit; marked failed");
-                versions::bump_catalog(&mut transaction).await?;
+                head::bump_catalog(&mut *transaction).await?;
                 sqlx::query(
                     "UPDATE projection_versions SET status = 'failed', last_error = $2, updated_at = now()
                       WHERE name = $1 AND status <> 'retired'",

@@ -26,7 +26,10 @@ use super::{
     status::VersionStatus,
     versions::{self, VersionRow},
 };
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    store::head,
+};
 
 pub use super::status::Strategy;
 
@@ -374,7 +377,7 @@ impl RebuildRun<'_> {
                 // Waits for appends applying this version to commit; later ones record skips.
                 self.take_apply_lock(active.version).await?;
                 let mut transaction = self.connection.begin().await?;
-                versions::lock_head(&mut transaction).await?;
+                head::lock(&mut *transaction).await?;
                 sqlx::query(
                     "UPDATE projection_versions SET status = 'rebuilding', applied_position = 0, updated_at = now()
                       WHERE name = $1 AND version = $2",
@@ -395,7 +398,7 @@ impl RebuildRun<'_> {
                 .bind(active.version)
                 .execute(&mut *transaction)
                 .await?;
-                versions::bump_catalog(&mut transaction).await?;
+                head::bump_catalog(&mut *transaction).await?;
                 transaction.commit().await?;
                 self.empty_table(&active.definition, active.version).await?;
                 let mut row = active;
@@ -445,7 +448,7 @@ impl RebuildRun<'_> {
         let batch_size = self.projections.settings.batch_size;
         let mut scanned_since_start = 0u64;
         // The head is known from the first message on, so that progress has a goal at once.
-        let start_head = versions::head(&mut self.connection).await?;
+        let start_head = head::position(&mut self.connection).await?;
         self.progress.send_modify(|p| {
             p.phase = Phase::Backfilling;
             p.version = version;
@@ -456,7 +459,7 @@ impl RebuildRun<'_> {
                 return Err(stopping());
             }
             let mut transaction = self.connection.begin().await?;
-            let head = versions::head(&mut transaction).await?;
+            let head = head::position(&mut *transaction).await?;
             let row = versions::lock_version(&mut transaction, self.name, version).await?;
             if row.status == VersionStatus::Retired {
                 transaction.rollback().await?;
@@ -502,7 +505,7 @@ impl RebuildRun<'_> {
             // Close enough when the head, read again now, is near: what committed while the
             // batch ran is what the cut-over will apply under log_head.
             if !full {
-                let now = versions::head(&mut self.connection).await?;
+                let now = head::position(&mut self.connection).await?;
                 if now.saturating_sub(applied) <= CUT_OVER_DISTANCE {
                     return Ok(());
                 }
@@ -545,7 +548,7 @@ impl RebuildRun<'_> {
             }
             lift_reader_wait(&mut transaction).await?;
         }
-        let head = versions::lock_head(&mut transaction).await?;
+        let head = head::lock(&mut *transaction).await?;
         let row = versions::lock_version(&mut transaction, self.name, version).await?;
         // Versions only move forward: one registered while this one was built replaced it.
         if row.status == VersionStatus::Retired {
@@ -600,7 +603,7 @@ impl RebuildRun<'_> {
                 .execute(&mut *transaction)
                 .await?;
         }
-        versions::bump_catalog(&mut transaction).await?;
+        head::bump_catalog(&mut *transaction).await?;
         transaction.commit().await?;
         self.progress.send_modify(|p| {
             p.position = head;

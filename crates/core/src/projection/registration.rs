@@ -11,13 +11,12 @@ use sqlx::PgConnection;
 use tracing::info;
 
 use super::{
-    apply,
-    definition::Definition,
-    sandbox, setup,
-    status::VersionStatus,
-    versions::{self, VersionRow},
+    apply, definition::Definition, sandbox, setup, status::VersionStatus, versions::VersionRow,
 };
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    store::head,
+};
 
 /// What a registration does, decided from the stored versions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +38,7 @@ pub fn plan(existing: &[VersionRow], definition: &Definition) -> Result<Plan> {
         if definition.version < newest {
             return Err(Error::FailedPrecondition(format!(
                 "{}: version {} of {} is older than its version {newest}",
-                source(definition),
+                definition.origin(),
                 definition.version,
                 definition.name
             )));
@@ -54,7 +53,7 @@ pub fn plan(existing: &[VersionRow], definition: &Definition) -> Result<Plan> {
     if let Some(copied) = same.rebuilt_from {
         return Err(Error::FailedPrecondition(format!(
             "{}: version {} of {} was made by a rebuild of version {}; register version {}",
-            source(definition),
+            definition.origin(),
             definition.version,
             definition.name,
             copied,
@@ -68,7 +67,7 @@ pub fn plan(existing: &[VersionRow], definition: &Definition) -> Result<Plan> {
     }
     Err(Error::FailedPrecondition(format!(
         "{}: version {} of {} exists with another setup or mode; register version {}",
-        source(definition),
+        definition.origin(),
         definition.version,
         definition.name,
         newest + 1
@@ -91,7 +90,7 @@ pub async fn apply(
             sandbox::install_apply_function(transaction, definition, definition.version).await?;
             // Lock order, everywhere: the projections row, then log_head, then
             // projection_versions rows (inline appends take the last two in that order).
-            versions::bump_catalog(transaction).await?;
+            head::bump_catalog(&mut *transaction).await?;
             // A failed active version (a rebuild in place that failed, or an audit) has a gap:
             // it stopped at applied_position while appends recorded skips. It is not made active
             // again as it stands (the inline claim would jump over the gap and the skips would
@@ -181,22 +180,13 @@ async fn check_handlers(
                 format!("handlers.{event_type}"),
                 format!(
                     "{}: handler {event_type}: {}{hint}",
-                    source(definition),
+                    definition.origin(),
                     apply::database_message(&error)
                 ),
             )
         })?;
     }
     Ok(())
-}
-
-/// Where a definition came from, for messages.
-pub fn source(definition: &Definition) -> &str {
-    if definition.source.is_empty() {
-        "definition"
-    } else {
-        &definition.source
-    }
 }
 
 fn same_definition(a: &Definition, b: &Definition) -> bool {

@@ -103,7 +103,7 @@ pub async fn audit(connection: &mut PgConnection, definition: &Definition) -> Re
         format!(
             "{}: projection {} may only create tables, sequences and indexes in its schema, \
              with no triggers, rules, policies or grants; found {}",
-            source(definition),
+            definition.origin(),
             definition.name,
             findings.join(", ")
         ),
@@ -127,7 +127,7 @@ pub async fn install_apply_function(
                 "handlers",
                 format!(
                     "{}: handlers of {}: {}",
-                    source(definition),
+                    definition.origin(),
                     definition.name,
                     database_message(&error)
                 ),
@@ -266,14 +266,6 @@ fn timeout_ms(timeout: Duration) -> u64 {
         .clamp(1, i32::MAX as u64)
 }
 
-fn source(definition: &Definition) -> &str {
-    if definition.source.is_empty() {
-        "definition"
-    } else {
-        &definition.source
-    }
-}
-
 pub fn setup_error(definition: &Definition, error: &sqlx::Error, timeout: Duration) -> Error {
     let message = match error {
         sqlx::Error::Database(db) if db.code().as_deref() == Some(QUERY_CANCELED) => format!(
@@ -286,7 +278,7 @@ pub fn setup_error(definition: &Definition, error: &sqlx::Error, timeout: Durati
         "setup",
         format!(
             "{}: setup of {} failed: {message}",
-            source(definition),
+            definition.origin(),
             definition.name
         ),
     )

@@ -9,7 +9,7 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
-    store::{self, model::RecordedEvent, reader},
+    store::{model::RecordedEvent, reader},
 };
 
 /// A row of `projection_versions`.
@@ -102,21 +102,6 @@ pub async fn projection(
             .fetch_optional(&mut *connection)
             .await?,
     )
-}
-
-/// The committed head of the log.
-pub async fn head(connection: &mut PgConnection) -> Result<u64> {
-    store::head::position(connection).await
-}
-
-/// Takes the log_head row lock for the rest of the transaction: appends wait. Returns the head.
-pub async fn lock_head(connection: &mut PgConnection) -> Result<u64> {
-    store::head::lock(connection).await
-}
-
-/// Tells every writer to reload its inline catalog. Takes the log_head lock.
-pub async fn bump_catalog(connection: &mut PgConnection) -> Result<()> {
-    store::head::bump_catalog(connection).await
 }
 
 /// Events in (`after`, `upto`] whose type has a handler, in position order, at most `limit`.

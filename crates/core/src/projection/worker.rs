@@ -19,6 +19,7 @@ use super::{
 use crate::{
     error::{Error, Result},
     shutdown::stopped,
+    store::head,
 };
 
 /// Attempts at a failing batch before its failing event is dead-lettered or the projection stops.
@@ -182,7 +183,7 @@ impl Projections {
                 transaction.rollback().await?;
                 return Ok(BatchOutcome::Idle); // an in-place rebuild owns it, or it failed
             }
-            let head = versions::head(&mut transaction).await?;
+            let head = head::position(&mut *transaction).await?;
             if head <= row.applied_position {
                 transaction.rollback().await?;
                 return Ok(BatchOutcome::Idle);
