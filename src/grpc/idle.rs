@@ -109,6 +109,12 @@ pub struct IdleIo {
 
 impl IdleIo {
     pub fn new(stream: TcpStream, timeout: Option<Duration>) -> Self {
+        // tonic sets TCP_NODELAY only on sockets it accepts itself, and these it does not. With
+        // Nagle's algorithm on, a response written in more than one segment (headers, message,
+        // trailers) waits for the client's acknowledgement of the first one.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::warn!(%error, "cannot turn off Nagle's algorithm on a client connection");
+        }
         let far = Instant::now() + timeout.unwrap_or(Duration::from_secs(86_400));
         Self {
             stream,

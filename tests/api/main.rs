@@ -1,6 +1,7 @@
 //! Integration tests: the real server against real PostgreSQL, one database per test.
 
 mod append;
+mod append_group;
 mod bench;
 mod bounds;
 mod cli;
@@ -20,4 +21,5 @@ mod sandbox;
 mod security;
 mod server;
 mod shutdown;
+mod sockets;
 mod subscribe;

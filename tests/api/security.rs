@@ -560,20 +560,33 @@ async fn tls_serves_encrypted_and_client_certificates_are_required_when_configur
         "served a client without a certificate"
     );
 
-    // The command-line client speaks TLS too.
-    let output = highwater()
-        .args([
-            "health",
-            "--server",
-            &format!("https://localhost:{port}"),
-            "--tls-ca",
-            &ca,
-        ])
-        .args(["--tls-client-cert", &write("client.pem", &pki.client_cert)])
-        .args(["--tls-client-key", &write("client.key", &pki.client_key)])
-        .output()
-        .await
-        .unwrap();
+    // The command-line client speaks TLS too. The server answers TLS before its database is
+    // ready (NOT_SERVING until then): ask until it serves.
+    let (client_cert, client_key) = (
+        write("client.pem", &pki.client_cert),
+        write("client.key", &pki.client_key),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let output = loop {
+        let output = highwater()
+            .args([
+                "health",
+                "--server",
+                &format!("https://localhost:{port}"),
+                "--tls-ca",
+                &ca,
+            ])
+            .args(["--tls-client-cert", &client_cert])
+            .args(["--tls-client-key", &client_key])
+            .output()
+            .await
+            .unwrap();
+        let not_yet = String::from_utf8_lossy(&output.stderr).contains("NOT_SERVING");
+        if !not_yet || std::time::Instant::now() > deadline {
+            break output;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(
         output.status.success(),
         "{}",

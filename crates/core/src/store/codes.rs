@@ -1,5 +1,5 @@
 //! How Rust and the log's SQL functions agree, as types: the outcome codes `highwater_append`
-//! (migration 0012) and `highwater_delete_stream` (migration 0007) return, and the
+//! (migrations 0013 and 0012) and `highwater_delete_stream` (migration 0007) return, and the
 //! expected-revision kinds both take. An unknown code is refused (an internal error naming it),
 //! never read as a neighbour's meaning.
 
