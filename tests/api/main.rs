@@ -4,6 +4,7 @@ mod append;
 mod append_group;
 mod bench;
 mod bounds;
+mod catalog_races;
 mod cli;
 mod delete;
 mod embedded;

@@ -219,10 +219,7 @@ impl Projections {
         .bind(definition.mode.as_str())
         .execute(&mut *transaction)
         .await?;
-        sqlx::query("SELECT 1 FROM projections WHERE name = $1 FOR NO KEY UPDATE")
-            .bind(definition.name.as_str())
-            .execute(&mut *transaction)
-            .await?;
+        versions::lock_projection(&mut transaction, &definition.name).await?;
         let existing = versions::versions(&mut transaction, &definition.name).await?;
         let plan = registration::plan(&existing, &definition)?;
         let build = registration::apply(&mut transaction, plan, &definition, timeout).await?;
@@ -415,10 +412,7 @@ impl Projections {
         for name in names {
             let mut connection = self.pool.acquire().await?;
             let mut transaction = connection.begin().await?;
-            sqlx::query("SELECT 1 FROM projections WHERE name = $1 FOR NO KEY UPDATE")
-                .bind(&name)
-                .execute(&mut *transaction)
-                .await?;
+            versions::lock_projection(&mut transaction, &name).await?;
             let all = versions::versions(&mut transaction, &name).await?;
             let Some(newest) = all.first() else {
                 transaction.commit().await?;

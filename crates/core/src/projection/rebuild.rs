@@ -266,7 +266,8 @@ impl RebuildRun<'_> {
         let definition = target.definition.clone();
         let version = target.version;
         self.progress.send_modify(|p| p.version = version);
-        super::sandbox::install_apply_function(&mut self.connection, &definition, version).await?;
+        super::sandbox::reinstall_apply_function(&mut self.connection, &definition, version)
+            .await?;
         info!(
             projection = self.name,
             version,
@@ -312,9 +313,15 @@ impl RebuildRun<'_> {
 
     /// Chooses (and if needed creates or resets) the version to build.
     async fn prepare(&mut self, requested: Strategy) -> Result<(VersionRow, Strategy)> {
-        let all = versions::versions(&mut self.connection, self.name).await?;
+        // The versions are read under the projection's row lock and, blue/green, the new one made
+        // before it is released: a registration meanwhile would take the same number, or write
+        // the same catalog rows (the schema's grants, the apply functions) in the setup.
+        let mut transaction = self.connection.begin().await?;
+        versions::lock_projection(&mut transaction, self.name).await?;
+        let all = versions::versions(&mut transaction, self.name).await?;
         // A rebuild interrupted earlier is resumed whatever was asked.
         if let Some(interrupted) = all.iter().find(|v| v.status.is_rebuild()) {
+            transaction.commit().await?;
             let strategy = if interrupted.status == VersionStatus::Rebuilding {
                 Strategy::InPlace
             } else {
@@ -345,7 +352,6 @@ impl RebuildRun<'_> {
         match requested {
             Strategy::BlueGreen => {
                 let next = all.first().map_or(1, |v| v.version) + 1;
-                let mut transaction = self.connection.begin().await?;
                 super::setup::run(
                     &mut transaction,
                     &active.definition,
@@ -374,6 +380,7 @@ impl RebuildRun<'_> {
                 Ok((row, Strategy::BlueGreen))
             }
             Strategy::InPlace => {
+                transaction.commit().await?;
                 // Waits for appends applying this version to commit; later ones record skips.
                 self.take_apply_lock(active.version).await?;
                 let mut transaction = self.connection.begin().await?;
@@ -529,10 +536,7 @@ impl RebuildRun<'_> {
         // row. The view is pointed first, under a lock timeout: its ACCESS EXCLUSIVE lock waits
         // for the read model's readers, and appends must not wait with it. No append touches a
         // view, so holding it while waiting for log_head cannot deadlock.
-        sqlx::query("SELECT 1 FROM projections WHERE name = $1 FOR NO KEY UPDATE")
-            .bind(self.name)
-            .execute(&mut *transaction)
-            .await?;
+        versions::lock_projection(&mut transaction, self.name).await?;
         // In place, the view already shows this version's table: nothing to lock.
         if strategy == Strategy::BlueGreen {
             limit_reader_wait(&mut transaction).await?;

@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use sqlx::{AssertSqlSafe, PgConnection, Row};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
 
 use super::{
     apply::{HandlerFailure, database_message},
@@ -142,6 +142,21 @@ pub async fn install_apply_function(
         ),
     )
     .await
+}
+
+/// [`install_apply_function`] for a caller outside a registration (a rebuild starting, an async
+/// worker taking the lead): in a transaction of its own (a savepoint inside one) that first takes
+/// the projection's row lock, so that the function's catalog row has one writer at a time.
+pub async fn reinstall_apply_function(
+    connection: &mut PgConnection,
+    definition: &Definition,
+    version: i32,
+) -> Result<()> {
+    let mut transaction = connection.begin().await?;
+    super::versions::lock_projection(&mut transaction, &definition.name).await?;
+    install_apply_function(&mut transaction, definition, version).await?;
+    transaction.commit().await?;
+    Ok(())
 }
 
 async fn own(connection: &mut PgConnection, definition: &Definition, function: &str) -> Result<()> {

@@ -74,6 +74,20 @@ pub async fn versions(connection: &mut PgConnection, name: &str) -> Result<Vec<V
         .collect()
 }
 
+/// Takes the projection's row lock for the rest of the transaction: the first lock of the lock
+/// order (docs/ARCHITECTURE.md, "Lock order"). Registrations, rebuild set-ups and cut-overs, the
+/// start-up check and every installation of an apply function hold it, so that no two of them
+/// write the projection's catalog rows (its schema's grants, its functions) at once: PostgreSQL
+/// answers a second writer of a catalog row with "tuple concurrently updated" instead of waiting.
+/// `FOR NO KEY UPDATE`, so that inline appends' foreign-key checks (`FOR KEY SHARE`) never wait.
+pub async fn lock_projection(connection: &mut PgConnection, name: &str) -> Result<()> {
+    sqlx::query("SELECT 1 FROM projections WHERE name = $1 FOR NO KEY UPDATE")
+        .bind(name)
+        .execute(&mut *connection)
+        .await?;
+    Ok(())
+}
+
 /// One version, locked for the rest of the transaction.
 pub async fn lock_version(
     connection: &mut PgConnection,

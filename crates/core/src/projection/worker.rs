@@ -138,7 +138,7 @@ impl Projections {
                 .into_iter()
                 .find(|v| v.version == active);
             if let Some(row) = row {
-                super::sandbox::install_apply_function(&mut connection, &row.definition, active)
+                super::sandbox::reinstall_apply_function(&mut connection, &row.definition, active)
                     .await?;
             }
         }

@@ -1,0 +1,133 @@
+//! Sandbox DDL from concurrent callers: registrations, rebuilds and the start-up check all change
+//! catalog rows (grants on `events` and on a projection's schema, its apply functions), and
+//! PostgreSQL refuses a second writer of a catalog row with an internal error ("tuple
+//! concurrently updated") instead of waiting. So every such change is serialised
+//! (docs/ARCHITECTURE.md, "Lock order"), and no caller may see that error.
+
+use highwater::pb::{self, AdminRebuildRequest, RebuildStrategy};
+use tonic::Code;
+
+use crate::{
+    helpers::*,
+    projection::{admin, wait_active},
+};
+
+fn register(toml: &str) -> pb::RegisterProjectionRequest {
+    pb::RegisterProjectionRequest {
+        source: Some(pb::register_projection_request::Source::Toml(toml.into())),
+    }
+}
+
+fn counter(name: &str, version: u32, weight: u32) -> String {
+    format!(
+        r#"
+name = "{name}"
+version = {version}
+mode = "inline"
+setup = "CREATE TABLE {{{{table}}}} (k text PRIMARY KEY, n bigint NOT NULL)"
+[handlers]
+Tick = "INSERT INTO {{{{table}}}} VALUES ($stream, {weight}) ON CONFLICT (k) DO UPDATE SET n = {{{{table}}}}.n + {weight}"
+"#
+    )
+}
+
+/// Every new projection is granted `SELECT` on `events`: one catalog row for all of them.
+#[tokio::test]
+async fn new_projections_registered_at_once_all_succeed() {
+    let app = TestApp::spawn().await;
+    let admin = admin(app.server.endpoint()).await;
+    for round in 0..3 {
+        let calls: Vec<_> = (0..6)
+            .map(|n| {
+                let mut admin = admin.clone();
+                let name = format!("p{round}_{n}");
+                tokio::spawn(async move {
+                    admin
+                        .register_projection(register(&counter(&name, 1, 1)))
+                        .await
+                        .map_err(|status| format!("register {name}: {status:?}"))
+                })
+            })
+            .collect();
+        for call in calls {
+            call.await
+                .unwrap()
+                .unwrap_or_else(|failure| panic!("{failure}"));
+        }
+    }
+}
+
+/// A blue/green rebuild makes a version, runs its setup and installs apply functions while a
+/// registration of the same projection does the same: they take turns, and the loser of a
+/// version number is told the next free one.
+#[tokio::test]
+async fn registrations_racing_blue_green_rebuilds_take_turns() {
+    let mut app = TestApp::spawn().await;
+    let mut admin = admin(app.server.endpoint()).await;
+    admin
+        .register_projection(register(&counter("tally", 1, 1)))
+        .await
+        .unwrap();
+    wait_active(&mut admin, "tally", 1, std::time::Duration::from_secs(10)).await;
+    app.append(append_request("t-1", None, vec![json_event("Tick", "{}")]))
+        .await
+        .unwrap();
+
+    let mut next = 2;
+    for round in 0..12 {
+        let mut rebuilding = admin.clone();
+        let rebuild = tokio::spawn(async move {
+            let request = AdminRebuildRequest {
+                projection: "tally".into(),
+                strategy: RebuildStrategy::BlueGreen as i32,
+            };
+            let mut stream = rebuilding.admin_rebuild(request).await?.into_inner();
+            while let Some(message) = stream.message().await? {
+                let progress = message.progress.unwrap_or_default();
+                if progress.phase() == pb::rebuild_progress::Phase::Failed
+                    && !progress.error.contains("superseded by a newer version")
+                {
+                    return Err(tonic::Status::internal(format!(
+                        "rebuild failed: {progress:?}"
+                    )));
+                }
+            }
+            Ok::<_, tonic::Status>(())
+        });
+        // Even rounds ask for the number the rebuild takes too; odd rounds update the handlers of
+        // the version just registered, whose apply function the rebuild's setup reinstalls.
+        let (version, weight) = if round % 2 == 0 {
+            (next, 1)
+        } else {
+            (next - 1, 1 + round)
+        };
+        let mut registering = admin.clone();
+        let registration = tokio::spawn(async move {
+            registering
+                .register_projection(register(&counter("tally", version, weight)))
+                .await
+        });
+        match registration.await.unwrap() {
+            Ok(_) => next = next.max(version + 1),
+            Err(status) if status.code() == Code::FailedPrecondition => {
+                // "... register version N", or "... is older than its version N-1".
+                let number = |marker: &str| {
+                    status
+                        .message()
+                        .rsplit_once(marker)
+                        .and_then(|(_, n)| n.parse::<u32>().ok())
+                };
+                let free = number("register version ")
+                    .or_else(|| number("older than its version ").map(|n| n + 1))
+                    .unwrap_or_else(|| panic!("round {round}: {status:?}"));
+                next = next.max(free);
+            }
+            Err(status) => panic!("round {round}: register v{version}: {status:?}"),
+        }
+        match rebuild.await.unwrap() {
+            Ok(()) => {}
+            Err(status) if status.code() == Code::FailedPrecondition => {}
+            Err(status) => panic!("round {round}: rebuild: {status:?}"),
+        }
+    }
+}
