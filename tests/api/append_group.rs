@@ -325,3 +325,31 @@ async fn a_large_simple_group_is_written_in_order_by_the_one_statement_path() {
     assert_eq!(heads.len(), 200);
     assert!(heads.iter().all(|h| h.1 == 49));
 }
+
+/// Both append functions run with generic plans: left to the default, PostgreSQL planned their
+/// statements anew on every call once the tables held rows, which cost about two thirds of a
+/// single-event append (migration 0015; the benchmark shows the time, this the setting).
+#[tokio::test]
+async fn the_append_functions_keep_generic_plans() {
+    let test_database = TestDatabase::new();
+    let options: PgConnectOptions = test_database.url.parse().unwrap();
+    let pool = database::connect(&options, 1).await.unwrap();
+    database::migrate(&pool).await.unwrap();
+    let settings: Vec<(String, Vec<String>)> = sqlx::query_as(
+        "SELECT proname::text, proconfig FROM pg_proc
+          WHERE proname IN ('highwater_append', 'highwater_append_checked') ORDER BY proname",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(settings.len(), 2, "{settings:?}");
+    for (function, config) in settings {
+        for wanted in ["plan_cache_mode=force_generic_plan", "enable_seqscan=off"] {
+            assert!(
+                config.iter().any(|setting| setting == wanted),
+                "{function} lacks {wanted}: {config:?}"
+            );
+        }
+    }
+    pool.close().await;
+}

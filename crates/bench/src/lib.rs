@@ -45,6 +45,11 @@ pub struct BenchConfig {
     #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
     pub clients: Vec<usize>,
 
+    /// Events in the log (and rows in the raw table) when W1 is measured a second time, at the
+    /// largest client count, to show how appends hold up as the log grows; 0 skips those rows.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub grown_events: u64,
+
     /// Events in the one stream read by W2.
     #[arg(long, default_value_t = 10_000)]
     pub stream_events: u64,
@@ -122,14 +127,19 @@ fn cart_event(i: u64) -> pb::ProposedEvent {
 struct ServerProcess {
     child: Child,
     endpoint: String,
+    /// The server's Prometheus endpoint, read for its group-commit histogram.
+    metrics: std::net::SocketAddr,
 }
 
 impl ServerProcess {
     async fn start(database_url: &str) -> Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| Error::Startup(e.to_string()))?
-            .port();
+        let free_port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| Error::Startup(e.to_string()))
+        };
+        let port = free_port()?.port();
+        let metrics = free_port()?;
         let exe = std::env::current_exe().map_err(|e| Error::Startup(e.to_string()))?;
         let child = Command::new(exe)
             .args([
@@ -138,6 +148,8 @@ impl ServerProcess {
                 &format!("127.0.0.1:{port}"),
                 "--database-url",
                 database_url,
+                "--metrics-listen",
+                &metrics.to_string(),
             ])
             .args(["--log-level", "warn"])
             .stdin(Stdio::null())
@@ -154,7 +166,11 @@ impl ServerProcess {
                     max_count: 1,
                 };
                 if client.read_all(probe).await.is_ok() {
-                    return Ok(Self { child, endpoint });
+                    return Ok(Self {
+                        child,
+                        endpoint,
+                        metrics,
+                    });
                 }
             }
             if Instant::now() > deadline {
@@ -171,6 +187,36 @@ impl ServerProcess {
             .max_decoding_message_size(64 << 20))
     }
 
+    /// Group commits so far and the requests they wrote, from the server's metrics.
+    async fn groups(&self) -> Result<Groups> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut socket = tokio::net::TcpStream::connect(self.metrics)
+            .await
+            .map_err(|e| Error::Unavailable(format!("metrics endpoint: {e}")))?;
+        let mut text = String::new();
+        socket
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await
+            .and(socket.read_to_string(&mut text).await.map(|_| ()))
+            .map_err(|e| Error::Unavailable(format!("metrics endpoint: {e}")))?;
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|line| {
+                    line.strip_prefix(name)?
+                        .strip_prefix(' ')?
+                        .parse::<f64>()
+                        .ok()
+                })
+                .unwrap_or(0.0)
+        };
+        Ok(Groups {
+            commits: value("highwater_append_group_requests_count"),
+            requests: value("highwater_append_group_requests_sum"),
+            appends: value("highwater_append_duration_seconds_count"),
+            append_seconds: value("highwater_append_duration_seconds_sum"),
+        })
+    }
+
     fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
@@ -181,10 +227,46 @@ impl ServerProcess {
             .unwrap_or(0)
     }
 
+    /// Stops the server and starts it again on the same database.
+    async fn restart(&mut self, database_url: &str) -> Result<()> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        *self = Self::start(database_url).await?;
+        Ok(())
+    }
+
     fn stop(mut self) {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
+    }
+}
+
+/// The writer's group commits and the server's own time per append (from its arrival in the
+/// store to its answer: the writer's queue and the database), read before and after a run.
+#[derive(Clone, Copy)]
+struct Groups {
+    commits: f64,
+    requests: f64,
+    appends: f64,
+    append_seconds: f64,
+}
+
+impl Groups {
+    /// "N groups, mean M requests, store X ms" over the run between `self` and `after`.
+    fn note_until(self, after: Groups) -> String {
+        let commits = after.commits - self.commits;
+        let requests = after.requests - self.requests;
+        let appends = after.appends - self.appends;
+        if commits <= 0.0 || appends <= 0.0 {
+            return String::new();
+        }
+        format!(
+            "{commits:.0} groups, mean {:.1} requests, store {:.2} ms",
+            requests / commits,
+            (after.append_seconds - self.append_seconds) / appends * 1000.0
+        )
     }
 }
 
@@ -229,7 +311,7 @@ pub async fn run(config: BenchConfig) -> Result<()> {
     let (server_url, raw_url) = (url_for(&server_db), url_for(&raw_db));
 
     let result = async {
-        let server = ServerProcess::start(&server_url).await?;
+        let mut server = ServerProcess::start(&server_url).await?;
         let raw = raw::prepare(&raw_url).await?;
         let version: String = sqlx::query_scalar("SHOW server_version")
             .fetch_one(&raw)
@@ -239,7 +321,7 @@ pub async fn run(config: BenchConfig) -> Result<()> {
             num_cpus(),
             std::env::consts::ARCH
         );
-        let outcome = workloads(&config, &server, &raw, &raw_url, &server_url).await;
+        let outcome = workloads(&config, &mut server, &raw, &raw_url, &server_url).await;
         raw.close().await;
         server.stop();
         outcome
@@ -266,7 +348,7 @@ fn progress(message: &str) {
 
 async fn workloads(
     config: &BenchConfig,
-    server: &ServerProcess,
+    server: &mut ServerProcess,
     raw: &sqlx::PgPool,
     raw_url: &str,
     server_url: &str,
@@ -287,13 +369,15 @@ async fn workloads(
                 "W1 highwater, {clients} clients, {}s",
                 duration.as_secs()
             ));
+            let before = server.groups().await?;
             let (events, mut samples) = append_load(server, clients, 1, duration).await?;
+            let groups = before.note_until(server.groups().await?);
             let ours = row(
                 &format!("highwater  C={clients:<3} batch=1"),
                 events,
                 duration,
                 Some(&mut samples),
-                "",
+                &groups,
             );
             progress(&format!(
                 "W1 raw PostgreSQL, {clients} connections, {}s",
@@ -313,13 +397,15 @@ async fn workloads(
             "W1 batches of 10, 8 clients, {}s each",
             duration.as_secs()
         ));
+        let before = server.groups().await?;
         let (events, mut samples) = append_load(server, 8, 10, duration).await?;
+        let groups = before.note_until(server.groups().await?);
         let ours = row(
             "highwater  C=8   batch=10",
             events,
             duration,
             Some(&mut samples),
-            "",
+            &groups,
         );
         let (events, mut samples) = raw::append(raw_url, 8, 10, duration, &data).await?;
         let theirs = row(
@@ -330,6 +416,9 @@ async fn workloads(
             "",
         );
         println!("{:<44} ratio highwater/raw = {:.2}", "", ours / theirs);
+        if config.grown_events > 0 {
+            grown_appends(config, server, server_url, raw, raw_url, &data).await?;
+        }
     }
 
     if wants("w2") {
@@ -525,6 +614,59 @@ async fn workloads(
             "events = log scanned",
         );
     }
+    Ok(())
+}
+
+/// W1 at the largest client count again, once the log and the raw table hold
+/// `--grown-events` rows: the same rows as on the empty log, to read side by side.
+async fn grown_appends(
+    config: &BenchConfig,
+    server: &mut ServerProcess,
+    server_url: &str,
+    raw: &sqlx::PgPool,
+    raw_url: &str,
+    data: &[u8],
+) -> Result<()> {
+    let grown = config.grown_events;
+    let clients = config.clients.iter().copied().max().unwrap_or(32);
+    let duration = Duration::from_secs(config.duration_secs);
+    header(&format!(
+        "W1 again once the log holds {grown} events (the raw table as many rows)"
+    ));
+    progress(&format!("filling the log to {grown} events"));
+    fill_log(server, grown).await?;
+    progress(&format!("filling the raw table to {grown} rows"));
+    raw::grow(raw, grown, data).await?;
+    // As a server restarted on a grown log: its connections plan against full tables.
+    progress("restarting the server");
+    server.restart(server_url).await?;
+    progress(&format!(
+        "W1 highwater on the grown log, {clients} clients, {}s",
+        duration.as_secs()
+    ));
+    let before = server.groups().await?;
+    let (events, mut samples) = append_load(server, clients, 1, duration).await?;
+    let groups = before.note_until(server.groups().await?);
+    let ours = row(
+        &format!("highwater  C={clients:<3} batch=1 grown"),
+        events,
+        duration,
+        Some(&mut samples),
+        &groups,
+    );
+    progress(&format!(
+        "W1 raw PostgreSQL on the grown table, {clients} connections, {}s",
+        duration.as_secs()
+    ));
+    let (events, mut samples) = raw::append(raw_url, clients, 1, duration, data).await?;
+    let theirs = row(
+        &format!("raw insert C={clients:<3} 1 row/txn grown"),
+        events,
+        duration,
+        Some(&mut samples),
+        "",
+    );
+    println!("{:<44} ratio highwater/raw = {:.2}", "", ours / theirs);
     Ok(())
 }
 

@@ -103,6 +103,37 @@ pub async fn fill(pool: &PgPool, events: u64, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Adds rows to the append table until it holds `rows`, in streams of 100 with time-ordered
+/// ids (the load generators' ids are UUIDv7, so the id index grows at its right edge alike), in
+/// statements of at most 500,000 rows.
+pub async fn grow(pool: &PgPool, rows: u64, data: &[u8]) -> Result<()> {
+    const CHUNK: i64 = 500_000;
+    let target = i64::try_from(rows).unwrap_or(i64::MAX);
+    loop {
+        let held: i64 = sqlx::query_scalar("SELECT count(*) FROM raw_events")
+            .fetch_one(pool)
+            .await?;
+        let missing = (target - held).min(CHUNK);
+        if missing <= 0 {
+            return Ok(());
+        }
+        // A version-7 layout: 48 bits of milliseconds, the version nibble, random bits.
+        sqlx::query(
+            "INSERT INTO raw_events (stream, revision, id, type, data, content_type)
+             SELECT 'grow-' || ($3 + g) / 100, ($3 + g) % 100,
+                    (lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1000)::bigint), 12, '0')
+                     || '7' || substr(md5(g::text || random()::text), 1, 19))::uuid,
+                    'OrderPlaced', $2, 'application/json'
+               FROM generate_series(1, $1) AS g",
+        )
+        .bind(missing)
+        .bind(data)
+        .bind(held)
+        .execute(pool)
+        .await?;
+    }
+}
+
 /// Reads every row in position order, decoding the same columns a read returns.
 pub async fn scan(pool: &PgPool) -> Result<u64> {
     let mut rows = sqlx::query(
