@@ -24,3 +24,4 @@ mod server;
 mod shutdown;
 mod sockets;
 mod subscribe;
+mod writer;
