@@ -25,6 +25,8 @@ fn the_benchmark_runs_every_workload_and_prints_its_report() {
             "5",
             "--live-rate",
             "50",
+            "--live-runs",
+            "2",
         ])
         .args(["--idle-subscribers", "20", "--idle-secs", "1"])
         .env_remove("RUST_LOG")
@@ -44,7 +46,10 @@ fn the_benchmark_runs_every_workload_and_prints_its_report() {
         "raw insert C=4   1 row/txn grown",
         "ReadStream of 600 events",
         "ratio ReadAll/raw",
-        "5 subscribers at 50/s",
+        "5 subs at 50/s, 1 conn, run 1",
+        "5 subs at 50/s, 1 conn, run 2",
+        "5 subs at 50/s, 5 conn, run 2",
+        "ms in ",
         "20 idle subscribers",
         "database transactions in 1s idle",
         "AdminRebuild blue/green, whole log",
