@@ -4,12 +4,14 @@
 //! concurrently updated") instead of waiting. So every such change is serialised
 //! (docs/ARCHITECTURE.md, "Lock order"), and no caller may see that error.
 
+use std::time::{Duration, Instant};
+
 use highwater::pb::{self, AdminRebuildRequest, RebuildStrategy};
 use tonic::Code;
 
 use crate::{
     helpers::*,
-    projection::{admin, wait_active},
+    projection::{admin, projection, rebuild, wait_active},
 };
 
 fn register(toml: &str) -> pb::RegisterProjectionRequest {
@@ -68,7 +70,7 @@ async fn registrations_racing_blue_green_rebuilds_take_turns() {
         .register_projection(register(&counter("tally", 1, 1)))
         .await
         .unwrap();
-    wait_active(&mut admin, "tally", 1, std::time::Duration::from_secs(10)).await;
+    wait_active(&mut admin, "tally", 1, Duration::from_secs(10)).await;
     app.append(append_request("t-1", None, vec![json_event("Tick", "{}")]))
         .await
         .unwrap();
@@ -130,4 +132,60 @@ async fn registrations_racing_blue_green_rebuilds_take_turns() {
             Err(status) => panic!("round {round}: rebuild: {status:?}"),
         }
     }
+}
+
+/// An in-place rebuild that waits for a reader of its table while the handlers are updated
+/// replays with the updated handlers: its apply function is installed from the definition stored
+/// under the projection's row lock, not from the one it read before it waited.
+#[tokio::test]
+async fn an_in_place_rebuild_replays_with_handlers_updated_while_it_waited() {
+    let mut app = TestApp::spawn().await;
+    let mut admin = admin(app.server.endpoint()).await;
+    admin
+        .register_projection(register(&counter("tally", 1, 1)))
+        .await
+        .unwrap();
+    wait_active(&mut admin, "tally", 1, Duration::from_secs(10)).await;
+    for _ in 0..5 {
+        app.append(append_request("t-1", None, vec![json_event("Tick", "{}")]))
+            .await
+            .unwrap();
+    }
+    // A reader of the read model: the rebuild's TRUNCATE waits for it (and retries).
+    let mut reader = app.database.connect().await;
+    sqlx::raw_sql("BEGIN; SELECT count(*) FROM projections.tally")
+        .execute(&mut reader)
+        .await
+        .unwrap();
+    let mut rebuilding = admin.clone();
+    let rebuild =
+        tokio::spawn(
+            async move { rebuild(&mut rebuilding, "tally", RebuildStrategy::InPlace).await },
+        );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while projection(&mut admin, "tally").await.status != "rebuilding" {
+        assert!(Instant::now() < deadline, "the rebuild did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    admin
+        .register_projection(register(&counter("tally", 1, 10)))
+        .await
+        .unwrap();
+    sqlx::raw_sql("COMMIT").execute(&mut reader).await.unwrap();
+    let progress = rebuild.await.unwrap();
+    assert_eq!(
+        progress.last().map(|p| p.phase()),
+        Some(pb::rebuild_progress::Phase::Done),
+        "{progress:?}"
+    );
+    wait_active(&mut admin, "tally", 1, Duration::from_secs(10)).await;
+    let n: i64 = sqlx::query_scalar("SELECT n FROM projections.tally WHERE k = 't-1'")
+        .fetch_one(&mut reader)
+        .await
+        .unwrap();
+    assert_eq!(
+        n, 50,
+        "five events replayed with the updated handler (weight 10)"
+    );
 }

@@ -135,7 +135,10 @@ pub(crate) async fn admin(endpoint: String) -> AdminServiceClient<Channel> {
     AdminServiceClient::connect(endpoint).await.unwrap()
 }
 
-async fn projection(admin: &mut AdminServiceClient<Channel>, name: &str) -> pb::ProjectionInfo {
+pub(crate) async fn projection(
+    admin: &mut AdminServiceClient<Channel>,
+    name: &str,
+) -> pb::ProjectionInfo {
     admin
         .get_projection(GetProjectionRequest { name: name.into() })
         .await

@@ -263,11 +263,14 @@ struct RebuildRun<'a> {
 impl RebuildRun<'_> {
     async fn run(&mut self, requested: Strategy) -> Result<()> {
         let (target, strategy) = self.prepare(requested).await?;
-        let definition = target.definition.clone();
         let version = target.version;
         self.progress.send_modify(|p| p.version = version);
-        super::sandbox::reinstall_apply_function(&mut self.connection, &definition, version)
-            .await?;
+        // The handlers as stored now: a handler update may have committed while this rebuild
+        // waited for appends or readers. A version retired meanwhile stops at the first batch.
+        let definition =
+            super::sandbox::reinstall_apply_function(&mut self.connection, self.name, version)
+                .await?
+                .unwrap_or_else(|| target.definition.clone());
         info!(
             projection = self.name,
             version,

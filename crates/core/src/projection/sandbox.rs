@@ -21,6 +21,7 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
 use super::{
     apply::{HandlerFailure, database_message},
     definition::Definition,
+    status::VersionStatus,
 };
 use crate::error::{Error, Result};
 
@@ -146,17 +147,28 @@ pub async fn install_apply_function(
 
 /// [`install_apply_function`] for a caller outside a registration (a rebuild starting, an async
 /// worker taking the lead): in a transaction of its own (a savepoint inside one) that first takes
-/// the projection's row lock, so that the function's catalog row has one writer at a time.
+/// the projection's row lock, so that the function's catalog row has one writer at a time, and
+/// from the version's definition as stored under that lock, not as the caller read it earlier: a
+/// handler update committed in between must not be overwritten with the old handlers. Returns
+/// that definition; `None` when the version is gone or retired (nothing is installed).
 pub async fn reinstall_apply_function(
     connection: &mut PgConnection,
-    definition: &Definition,
+    name: &str,
     version: i32,
-) -> Result<()> {
+) -> Result<Option<Definition>> {
     let mut transaction = connection.begin().await?;
-    super::versions::lock_projection(&mut transaction, &definition.name).await?;
-    install_apply_function(&mut transaction, definition, version).await?;
+    super::versions::lock_projection(&mut transaction, name).await?;
+    let stored = super::versions::versions(&mut transaction, name)
+        .await?
+        .into_iter()
+        .find(|row| row.version == version && row.status != VersionStatus::Retired);
+    let Some(row) = stored else {
+        transaction.commit().await?;
+        return Ok(None);
+    };
+    install_apply_function(&mut transaction, &row.definition, version).await?;
     transaction.commit().await?;
-    Ok(())
+    Ok(Some(row.definition))
 }
 
 async fn own(connection: &mut PgConnection, definition: &Definition, function: &str) -> Result<()> {

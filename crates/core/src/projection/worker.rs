@@ -133,14 +133,7 @@ impl Projections {
         }
         info!(projection = name, node = %self.node, "leading async projection");
         if let Some((Some(active), _)) = versions::projection(&mut connection, name).await? {
-            let row = versions::versions(&mut connection, name)
-                .await?
-                .into_iter()
-                .find(|v| v.version == active);
-            if let Some(row) = row {
-                super::sandbox::reinstall_apply_function(&mut connection, &row.definition, active)
-                    .await?;
-            }
+            super::sandbox::reinstall_apply_function(&mut connection, name, active).await?;
         }
         loop {
             match self.async_batch(&mut connection, name).await? {
