@@ -353,3 +353,65 @@ async fn the_append_functions_keep_generic_plans() {
     }
     pool.close().await;
 }
+
+/// Entries read from the streams primary key index so far, as PostgreSQL's statistics count them
+/// (this session's counts flushed first).
+async fn streams_index_reads(connection: &mut PgConnection) -> i64 {
+    sqlx::raw_sql("SELECT pg_stat_force_next_flush(); SELECT pg_stat_clear_snapshot()")
+        .execute(&mut *connection)
+        .await
+        .unwrap();
+    sqlx::query_scalar(
+        "SELECT idx_tup_read FROM pg_stat_user_indexes WHERE indexrelname = 'streams_pkey'",
+    )
+    .fetch_one(&mut *connection)
+    .await
+    .unwrap()
+}
+
+/// The one-statement path probes the streams index per request however the planner saw the table
+/// when the connection planned it: a plan made after `streams` was analyzed nearly empty used to
+/// hash a full scan of its primary key index, and kept doing so as the table grew (migration
+/// 0016). Counted in index entries read, from PostgreSQL's statistics.
+#[tokio::test]
+async fn the_one_statement_path_probes_streams_whatever_it_was_planned_against() {
+    let test_database = TestDatabase::new();
+    let options: PgConnectOptions = test_database.url.parse().unwrap();
+    let pool = database::connect(&options, 1).await.unwrap();
+    database::migrate(&pool).await.unwrap();
+    pool.close().await;
+    let mut connection = test_database.connect().await;
+    let append = |stream: &str| {
+        format!(
+            "SELECT count(*) FROM highwater_append(ARRAY['{stream}'], '{{0}}'::smallint[],
+                 '{{0}}'::bigint[], '{{1}}'::int[], ARRAY[gen_random_uuid()], '{{T}}'::text[],
+                 ARRAY['\\x7b7d'::bytea], '{{application/json}}'::text[], '{{\"{{}}\"}}'::jsonb[], 0)"
+        )
+    };
+    // Planned on this connection while streams is analyzed empty.
+    sqlx::raw_sql("ANALYZE streams")
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(append("first")))
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "INSERT INTO streams (stream, revision, position)
+         SELECT 'bulk-' || g, 0, 0 FROM generate_series(1, 20000) g",
+    )
+    .execute(&mut connection)
+    .await
+    .unwrap();
+    let before = streams_index_reads(&mut connection).await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(append("second")))
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    let read = streams_index_reads(&mut connection).await - before;
+    assert!(
+        read < 100,
+        "one single-event append read {read} entries of the streams index"
+    );
+}
