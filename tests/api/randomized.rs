@@ -806,10 +806,13 @@ async fn settle(cluster: &Cluster, world: &Shared) {
                 .await
                 .ok()
                 .and_then(|r| r.into_inner().projection);
+            // Caught up: no event it handles is left unapplied. Not `applied_position >= head`:
+            // an inline version moves its position with the events it handles only, so it stays
+            // below the head when the log ends with an event of another type ("Other").
             if let Some(info) = &info
                 && info.status == "active"
                 && info.building_version == 0
-                && info.applied_position >= info.head
+                && info.lag_events == 0
                 && info.pending_skips == 0
             {
                 let mut w = world.lock().unwrap();
