@@ -8,14 +8,8 @@ use tonic::Code;
 
 use crate::{
     helpers::*,
-    projection::{admin, wait_active},
+    projection::{admin, register_toml, wait_active},
 };
-
-fn register(toml: &str) -> pb::RegisterProjectionRequest {
-    pb::RegisterProjectionRequest {
-        source: Some(pb::register_projection_request::Source::Toml(toml.into())),
-    }
-}
 
 #[tokio::test]
 async fn a_looping_inline_handler_fails_its_own_append_within_the_sql_timeout() {
@@ -37,7 +31,10 @@ Seen = "INSERT INTO {{{{table}}}} VALUES ($stream) ON CONFLICT DO NOTHING"
 Slow{name} = "INSERT INTO {{{{table}}}} SELECT 'slow' FROM pg_sleep(30)"
 "#
         );
-        admin.register_projection(register(&toml)).await.unwrap();
+        admin
+            .register_projection(register_toml(&toml))
+            .await
+            .unwrap();
         wait_active(&mut admin, name, 1, Duration::from_secs(10)).await;
     }
 
@@ -114,7 +111,7 @@ Tick = "INSERT INTO {{{{table}}}} VALUES ($stream, 1) ON CONFLICT (k) DO UPDATE 
         )
     };
     admin
-        .register_projection(register(&definition(0)))
+        .register_projection(register_toml(&definition(0)))
         .await
         .unwrap();
     wait_active(&mut admin, "counter", 1, Duration::from_secs(10)).await;
@@ -138,7 +135,7 @@ Tick = "INSERT INTO {{{{table}}}} VALUES ($stream, 1) ON CONFLICT (k) DO UPDATE 
         .collect();
     for n in 1..=40 {
         admin
-            .register_projection(register(&definition(n)))
+            .register_projection(register_toml(&definition(n)))
             .await
             .unwrap_or_else(|status| panic!("handler update {n}: {status:?}"));
     }
@@ -255,7 +252,7 @@ async fn a_connection_lost_during_inline_handlers_is_unavailable_and_the_retry_w
     let mut app = TestApp::spawn().await;
     let mut admin = admin(app.server.endpoint()).await;
     admin
-        .register_projection(register(
+        .register_projection(register_toml(
             r#"
 name = "napping"
 mode = "inline"
@@ -330,7 +327,7 @@ async fn appends_keep_their_latency_while_a_rebuild_waits_for_a_reader_of_the_vi
     let mut app = TestApp::spawn().await;
     let mut admin = admin(app.server.endpoint()).await;
     admin
-        .register_projection(register(
+        .register_projection(register_toml(
             r#"
 name = "tally"
 mode = "inline"

@@ -6,19 +6,15 @@
 
 use std::time::{Duration, Instant};
 
-use highwater::pb::{self, AdminRebuildRequest, RebuildStrategy};
-use tonic::Code;
+use highwater::pb::{
+    self, AdminRebuildRequest, RebuildStrategy, admin_service_client::AdminServiceClient,
+};
+use tonic::{Code, transport::Channel};
 
 use crate::{
     helpers::*,
-    projection::{admin, projection, rebuild, wait_active},
+    projection::{admin, projection, rebuild, register_toml, wait_active},
 };
-
-fn register(toml: &str) -> pb::RegisterProjectionRequest {
-    pb::RegisterProjectionRequest {
-        source: Some(pb::register_projection_request::Source::Toml(toml.into())),
-    }
-}
 
 fn counter(name: &str, version: u32, weight: u32) -> String {
     format!(
@@ -33,6 +29,18 @@ Tick = "INSERT INTO {{{{table}}}} VALUES ($stream, {weight}) ON CONFLICT (k) DO 
     )
 }
 
+/// A server with the inline projection `tally` (version 1, weight 1) active.
+async fn with_tally() -> (TestApp, AdminServiceClient<Channel>) {
+    let app = TestApp::spawn().await;
+    let mut admin = admin(app.server.endpoint()).await;
+    admin
+        .register_projection(register_toml(&counter("tally", 1, 1)))
+        .await
+        .unwrap();
+    wait_active(&mut admin, "tally", 1, Duration::from_secs(10)).await;
+    (app, admin)
+}
+
 /// Every new projection is granted `SELECT` on `events`: one catalog row for all of them.
 #[tokio::test]
 async fn new_projections_registered_at_once_all_succeed() {
@@ -45,7 +53,7 @@ async fn new_projections_registered_at_once_all_succeed() {
                 let name = format!("p{round}_{n}");
                 tokio::spawn(async move {
                     admin
-                        .register_projection(register(&counter(&name, 1, 1)))
+                        .register_projection(register_toml(&counter(&name, 1, 1)))
                         .await
                         .map_err(|status| format!("register {name}: {status:?}"))
                 })
@@ -64,13 +72,7 @@ async fn new_projections_registered_at_once_all_succeed() {
 /// version number is told the next free one.
 #[tokio::test]
 async fn registrations_racing_blue_green_rebuilds_take_turns() {
-    let mut app = TestApp::spawn().await;
-    let mut admin = admin(app.server.endpoint()).await;
-    admin
-        .register_projection(register(&counter("tally", 1, 1)))
-        .await
-        .unwrap();
-    wait_active(&mut admin, "tally", 1, Duration::from_secs(10)).await;
+    let (mut app, admin) = with_tally().await;
     app.append(append_request("t-1", None, vec![json_event("Tick", "{}")]))
         .await
         .unwrap();
@@ -106,7 +108,7 @@ async fn registrations_racing_blue_green_rebuilds_take_turns() {
         let mut registering = admin.clone();
         let registration = tokio::spawn(async move {
             registering
-                .register_projection(register(&counter("tally", version, weight)))
+                .register_projection(register_toml(&counter("tally", version, weight)))
                 .await
         });
         match registration.await.unwrap() {
@@ -139,13 +141,7 @@ async fn registrations_racing_blue_green_rebuilds_take_turns() {
 /// under the projection's row lock, not from the one it read before it waited.
 #[tokio::test]
 async fn an_in_place_rebuild_replays_with_handlers_updated_while_it_waited() {
-    let mut app = TestApp::spawn().await;
-    let mut admin = admin(app.server.endpoint()).await;
-    admin
-        .register_projection(register(&counter("tally", 1, 1)))
-        .await
-        .unwrap();
-    wait_active(&mut admin, "tally", 1, Duration::from_secs(10)).await;
+    let (mut app, mut admin) = with_tally().await;
     for _ in 0..5 {
         app.append(append_request("t-1", None, vec![json_event("Tick", "{}")]))
             .await
@@ -169,7 +165,7 @@ async fn an_in_place_rebuild_replays_with_handlers_updated_while_it_waited() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     admin
-        .register_projection(register(&counter("tally", 1, 10)))
+        .register_projection(register_toml(&counter("tally", 1, 10)))
         .await
         .unwrap();
     sqlx::raw_sql("COMMIT").execute(&mut reader).await.unwrap();

@@ -942,7 +942,8 @@ Counted = "INSERT INTO {{{{table}}}} VALUES ($stream, {weight}) ON CONFLICT (k) 
     )
 }
 
-fn register_toml(toml: &str) -> pb::RegisterProjectionRequest {
+/// A registration of the definition in `toml`.
+pub(crate) fn register_toml(toml: &str) -> pb::RegisterProjectionRequest {
     pb::RegisterProjectionRequest {
         source: Some(pb::register_projection_request::Source::Toml(toml.into())),
     }

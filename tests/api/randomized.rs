@@ -43,7 +43,7 @@ use tonic::{
 };
 use uuid::Uuid;
 
-use crate::helpers::*;
+use crate::{helpers::*, projection::register_toml};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_randomized_run_of_two_servers_under_kills_rebuilds_and_deletes_keeps_every_promise() {
@@ -646,12 +646,6 @@ fn disturb(
             "hard delete"
         }
         _ => "nothing",
-    }
-}
-
-fn register_toml(toml: &str) -> pb::RegisterProjectionRequest {
-    pb::RegisterProjectionRequest {
-        source: Some(pb::register_projection_request::Source::Toml(toml.into())),
     }
 }
 

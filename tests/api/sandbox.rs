@@ -6,19 +6,13 @@
 
 use std::time::Duration;
 
-use highwater::pb::{self, admin_service_client::AdminServiceClient};
+use highwater::pb::admin_service_client::AdminServiceClient;
 use tonic::{Code, transport::Channel};
 
 use crate::{
     helpers::*,
-    projection::{admin, wait_active},
+    projection::{admin, register_toml, wait_active},
 };
-
-fn register(toml: &str) -> pb::RegisterProjectionRequest {
-    pb::RegisterProjectionRequest {
-        source: Some(pb::register_projection_request::Source::Toml(toml.into())),
-    }
-}
 
 /// A definition with `setup` and one harmless handler.
 fn with_setup(name: &str, setup: &str) -> String {
@@ -67,7 +61,7 @@ async fn assert_log_intact(app: &mut TestApp, expected: &mut usize, context: &st
 
 async fn refused(admin: &mut AdminServiceClient<Channel>, toml: &str) -> tonic::Status {
     admin
-        .register_projection(register(toml))
+        .register_projection(register_toml(toml))
         .await
         .expect_err("the sandbox must refuse this definition")
 }
@@ -174,7 +168,7 @@ async fn a_projection_cannot_reach_another_projection_or_the_views() {
     let mut admin = admin(app.server.endpoint()).await;
     let mut expected = 0;
     admin
-        .register_projection(register(&with_handlers(
+        .register_projection(register_toml(&with_handlers(
             "a",
             &[(
                 "Seen",
@@ -207,7 +201,7 @@ async fn a_projection_cannot_reach_another_projection_or_the_views() {
     ] {
         let name = format!("h{}", expected);
         admin
-            .register_projection(register(&with_handlers(&name, &[("Poke", handler)])))
+            .register_projection(register_toml(&with_handlers(&name, &[("Poke", handler)])))
             .await
             .unwrap_or_else(|status| panic!("{handler}: {status:?}"));
         wait_active(&mut admin, &name, 1, Duration::from_secs(10)).await;
@@ -225,7 +219,7 @@ async fn a_projection_cannot_reach_another_projection_or_the_views() {
     }
     // A projection named like another's version table has a table of its own.
     admin
-        .register_projection(register(&with_handlers(
+        .register_projection(register_toml(&with_handlers(
             "a_v1",
             &[(
                 "Seen",
@@ -317,7 +311,7 @@ async fn handler_sql_cannot_leave_its_sandbox() {
         ),
     ];
     admin
-        .register_projection(register(&with_handlers("q", &handlers)))
+        .register_projection(register_toml(&with_handlers("q", &handlers)))
         .await
         .unwrap();
     wait_active(&mut admin, "q", 1, Duration::from_secs(10)).await;
@@ -374,7 +368,10 @@ SELECT set_config('search_path', 'projection_shadow, public', false)
 Seen = "WITH x AS (SELECT set_config('search_path', 'projection_shadow, public', false)) INSERT INTO {{table}} SELECT $stream FROM x ON CONFLICT DO NOTHING"
 Slow = "INSERT INTO {{table}} SELECT 'slow' FROM pg_sleep(0.2)"
 "#;
-    admin.register_projection(register(toml)).await.unwrap();
+    admin
+        .register_projection(register_toml(toml))
+        .await
+        .unwrap();
     wait_active(&mut admin, "shadow", 1, Duration::from_secs(10)).await;
     for round in 0..3 {
         app.append(append_request("s-1", None, vec![json_event("Seen", "{}")]))
@@ -428,7 +425,7 @@ async fn a_projection_named_like_another_ones_version_keeps_its_own_table() {
     let mut admin = admin(app.server.endpoint()).await;
     for name in ["a", "a_v1"] {
         admin
-            .register_projection(register(&with_setup(
+            .register_projection(register_toml(&with_setup(
                 name,
                 "CREATE TABLE {{table}} (k text PRIMARY KEY)",
             )))

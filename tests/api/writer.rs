@@ -8,7 +8,7 @@ use highwater::pb;
 
 use crate::{
     helpers::*,
-    projection::{admin, wait_active},
+    projection::{admin, register_toml, wait_active},
 };
 
 const COUNTER: &str = r#"
@@ -49,11 +49,7 @@ async fn appends_in_flight_while_an_inline_projection_goes_live_are_all_written_
         .collect();
     tokio::time::sleep(Duration::from_millis(100)).await;
     admin
-        .register_projection(pb::RegisterProjectionRequest {
-            source: Some(pb::register_projection_request::Source::Toml(
-                COUNTER.into(),
-            )),
-        })
+        .register_projection(register_toml(COUNTER))
         .await
         .unwrap();
     for appender in appenders {
