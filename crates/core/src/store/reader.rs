@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use sqlx::{AssertSqlSafe, PgPool, Row, postgres::PgRow};
 use tokio::{sync::mpsc, task::JoinHandle};
+use tokio_stream::StreamExt;
 
 use super::{
     columns::{micros_to_time, to_i64},
@@ -134,12 +135,13 @@ impl ReadCursor {
         if let Scope::Stream(stream) = &self.scope {
             query = query.bind(stream.as_str());
         }
-        let page: Vec<RecordedEvent> = query
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(decode)
-            .collect::<Result<_>>()?;
+        // Decoded as the rows arrive, while PostgreSQL still sends the rest of the page.
+        let mut rows = query.fetch(&self.pool);
+        let mut page = Vec::new();
+        while let Some(row) = rows.next().await {
+            page.push(decode(&row?)?);
+        }
+        drop(rows);
 
         if let Some(last) = page.last() {
             let last_key = match self.scope {
