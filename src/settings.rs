@@ -78,6 +78,7 @@ impl From<ServeConfig> for Settings {
                 max_event_bytes: config.max_event_bytes,
                 max_append_bytes: config.max_append_bytes,
                 max_append_events: config.max_append_events as usize,
+                snapshots_kept: config.snapshots_kept,
             },
             projection: projection::Settings {
                 batch_size: config.projection_batch_size,

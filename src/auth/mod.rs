@@ -148,7 +148,8 @@ pub fn required_role(path: &str) -> Option<Role> {
             "ReadStream" | "ReadAll" | "SubscribeAll" | "SubscribeStream" | "ListSubscriptions" => {
                 Role::Read
             }
-            "Append" | "SaveCheckpoint" | "DeleteSubscription" | "DeleteStream" => Role::Write,
+            "Append" | "SaveCheckpoint" | "DeleteSubscription" | "DeleteStream"
+            | "SaveSnapshot" => Role::Write,
             // Unknown methods (answered UNIMPLEMENTED after the check) need the most.
             _ => Role::Admin,
         }),

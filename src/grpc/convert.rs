@@ -9,6 +9,7 @@ use highwater_core::{
     store::model::{
         AppendInput, AppendResult, Direction, EventInput, ExpectedRevision, RecordedEvent,
     },
+    store::snapshots::{Snapshot, SnapshotInput},
 };
 
 /// The `expected` oneof, which append and both deletes spell the same way.
@@ -82,6 +83,27 @@ pub fn direction(value: i32) -> Result<Direction> {
             "direction",
             format!("unknown direction {value}"),
         )),
+    }
+}
+
+pub fn snapshot_input(request: pb::SaveSnapshotRequest) -> SnapshotInput {
+    SnapshotInput {
+        stream: request.stream,
+        revision: request.revision,
+        snapshot_type: request.r#type,
+        data: request.data,
+        content_type: request.content_type,
+    }
+}
+
+pub fn snapshot(snapshot: Snapshot) -> pb::Snapshot {
+    pb::Snapshot {
+        stream: snapshot.stream,
+        revision: snapshot.revision,
+        r#type: snapshot.snapshot_type,
+        data: snapshot.data,
+        content_type: snapshot.content_type,
+        saved_at: Some(prost_types::Timestamp::from(snapshot.saved_at)),
     }
 }
 

@@ -17,9 +17,11 @@ use crate::{
     pb::{self, event_store_service_server::EventStoreService as EventStoreApi},
 };
 use highwater_core::{
+    error::Error,
     shutdown::Tasks,
     store::{
         deletion::Deletion,
+        model::Direction,
         reader::{Prefetch, ReadCursor},
     },
     subscribe::{DurableAccess, SubscriptionMessage},
@@ -62,7 +64,7 @@ impl EventStoreApi for EventStoreService {
 
     type ReadStreamStream = ReadStream<pb::ReadStreamResponse>;
 
-    #[instrument(skip_all, fields(stream = %request.get_ref().stream))]
+    #[instrument(skip_all, fields(stream = %request.get_ref().stream, from_latest_snapshot = request.get_ref().from_latest_snapshot))]
     async fn read_stream(
         &self,
         request: Request<pb::ReadStreamRequest>,
@@ -70,19 +72,44 @@ impl EventStoreApi for EventStoreService {
         let request = request.into_inner();
         let direction = convert::direction(request.direction).or_status()?;
         let core = self.core.get().or_status()?;
-        let cursor = core
-            .store
-            .read_stream(
-                request.stream,
-                request.from_revision,
-                direction,
-                request.max_count,
-            )
-            .await
-            .or_status()?;
-        Ok(Response::new(stream_pages(&core.tasks, cursor, |event| {
-            pb::ReadStreamResponse { event: Some(event) }
-        })))
+        let (snapshot, cursor) = if request.from_latest_snapshot {
+            if direction != Direction::Forwards {
+                return Err(Error::invalid(
+                    "direction",
+                    "a read from the latest snapshot goes forwards",
+                ))
+                .or_status();
+            }
+            core.store
+                .load_stream(request.stream, request.from_revision, request.max_count)
+                .await
+                .or_status()?
+        } else {
+            let cursor = core
+                .store
+                .read_stream(
+                    request.stream,
+                    request.from_revision,
+                    direction,
+                    request.max_count,
+                )
+                .await
+                .or_status()?;
+            (None, cursor)
+        };
+        let first = snapshot.map(|snapshot| pb::ReadStreamResponse {
+            event: None,
+            snapshot: Some(convert::snapshot(snapshot)),
+        });
+        Ok(Response::new(stream_pages(
+            &core.tasks,
+            first,
+            cursor,
+            |event| pb::ReadStreamResponse {
+                event: Some(event),
+                snapshot: None,
+            },
+        )))
     }
 
     type ReadAllStream = ReadStream<pb::ReadAllResponse>;
@@ -98,9 +125,12 @@ impl EventStoreApi for EventStoreService {
         let cursor = core
             .store
             .read_all(request.after_position, direction, request.max_count);
-        Ok(Response::new(stream_pages(&core.tasks, cursor, |event| {
-            pb::ReadAllResponse { event: Some(event) }
-        })))
+        Ok(Response::new(stream_pages(
+            &core.tasks,
+            None,
+            cursor,
+            |event| pb::ReadAllResponse { event: Some(event) },
+        )))
     }
 
     type SubscribeAllStream = SubscribeStream<pb::SubscribeAllResponse>;
@@ -158,6 +188,25 @@ impl EventStoreApi for EventStoreService {
             subscription,
             convert::subscribe_stream_response,
         )))
+    }
+
+    #[instrument(skip_all, fields(stream = %request.get_ref().stream, revision = request.get_ref().revision))]
+    async fn save_snapshot(
+        &self,
+        request: Request<pb::SaveSnapshotRequest>,
+    ) -> Result<Response<pb::SaveSnapshotResponse>, Status> {
+        let input = convert::snapshot_input(request.into_inner());
+        let saved = self
+            .core
+            .get()
+            .or_status()?
+            .store
+            .save_snapshot(input)
+            .await
+            .or_status()?;
+        Ok(Response::new(pb::SaveSnapshotResponse {
+            snapshot: Some(convert::snapshot(saved)),
+        }))
     }
 
     #[instrument(skip_all, fields(subscription = %request.get_ref().subscription, position = request.get_ref().position))]
@@ -245,15 +294,22 @@ fn subscription_stream<T: Send + 'static>(
     )
 }
 
-/// Streams a cursor's pages to the client; stops as soon as the client goes away.
+/// Streams `first` (if any) and then a cursor's pages to the client; stops as soon as the
+/// client goes away.
 fn stream_pages<T: Send + 'static>(
     tasks: &Tasks,
+    first: Option<T>,
     cursor: ReadCursor,
     respond: fn(pb::RecordedEvent) -> T,
 ) -> ReadStream<T> {
     let (sender, receiver) = mpsc::channel(READ_BUFFER);
     let read_ahead = tasks.clone();
     tasks.spawn("read-stream", async move {
+        if let Some(first) = first
+            && sender.send(Ok(first)).await.is_err()
+        {
+            return;
+        }
         let mut cursor = Prefetch::new(cursor, &read_ahead);
         loop {
             let page = match cursor.next_page().await {

@@ -113,6 +113,7 @@ async fn without_a_database_url_it_runs_a_private_postgres_kept_across_restarts(
         from_revision: 0,
         direction: 0,
         max_count: 0,
+        from_latest_snapshot: false,
     };
     let mut stream = client.read_stream(request).await.unwrap().into_inner();
     let stored = stream

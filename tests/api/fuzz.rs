@@ -116,6 +116,7 @@ fn a_hundred_thousand_random_requests_decode_or_fail_and_validate_or_are_invalid
         max_event_bytes: 1 << 20,
         max_append_bytes: 16 << 20,
         max_append_events: 10_000,
+        ..Limits::default()
     };
     let (mut undecodable, mut invalid, mut valid) = (0, 0, 0);
     for round in 0..100_000 {

@@ -380,6 +380,7 @@ impl TestApp {
             from_revision,
             direction: direction as i32,
             max_count,
+            from_latest_snapshot: false,
         };
         collect(self.client.read_stream(request).await?.into_inner(), |m| {
             m.event

@@ -22,6 +22,7 @@ mod sandbox;
 mod security;
 mod server;
 mod shutdown;
+mod snapshots;
 mod sockets;
 mod subscribe;
 mod writer;

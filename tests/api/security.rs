@@ -116,6 +116,20 @@ async fn codes(channel: Channel, token: Option<&str>) -> Vec<(&'static str, Code
             ),
         ),
         (
+            "SaveSnapshot",
+            code(
+                store
+                    .save_snapshot(pb::SaveSnapshotRequest {
+                        stream: "none".into(),
+                        revision: 0,
+                        r#type: "State".into(),
+                        data: b"{}".to_vec().into(),
+                        content_type: String::new(),
+                    })
+                    .await,
+            ),
+        ),
+        (
             "HardDeleteStream",
             code(
                 admin
@@ -185,7 +199,7 @@ fn permitted(method: &str) -> Code {
     match method {
         "ReadStream" => Code::NotFound,
         "DeleteSubscription" | "DeleteStream" | "HardDeleteStream" | "AdminRebuild"
-        | "GetProjection" | "RetryDeadLetters" => Code::NotFound,
+        | "GetProjection" | "RetryDeadLetters" | "SaveSnapshot" => Code::NotFound,
         "RegisterProjection" => Code::InvalidArgument,
         _ => Code::Ok,
     }
@@ -193,7 +207,7 @@ fn permitted(method: &str) -> Code {
 
 fn needs(method: &str) -> usize {
     match method {
-        "Append" | "SaveCheckpoint" | "DeleteSubscription" | "DeleteStream" => 1,
+        "Append" | "SaveCheckpoint" | "DeleteSubscription" | "DeleteStream" | "SaveSnapshot" => 1,
         "ReadStream" | "ReadAll" | "SubscribeAll" | "SubscribeStream" | "ListSubscriptions" => 0,
         _ => 2,
     }

@@ -462,6 +462,7 @@ async fn workloads(
                 from_revision: 0,
                 direction: 0,
                 max_count: 0,
+                from_latest_snapshot: false,
             };
             let count = drain_read(
                 client

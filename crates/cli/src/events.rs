@@ -254,6 +254,7 @@ pub async fn read(args: ReadArgs) -> CliResult {
         from_revision: args.from.unwrap_or(start),
         direction: direction as i32,
         max_count: args.limit.unwrap_or(0),
+        from_latest_snapshot: false,
     };
     let stream = client(&args.client)
         .await?

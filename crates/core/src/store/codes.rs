@@ -110,6 +110,49 @@ pub struct DeleteOutcomeRow {
     pub revision: Option<i64>,
 }
 
+/// `r_outcome` of `highwater_save_snapshot`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaveSnapshotOutcome {
+    Saved,
+    HardDeleted,
+    /// No such stream, or soft-deleted with nothing appended since.
+    NotFound,
+    /// The revision is beyond the stream's last, or hidden by a soft delete.
+    RevisionOutOfRange,
+}
+
+impl TryFrom<i16> for SaveSnapshotOutcome {
+    type Error = UnknownCode;
+
+    fn try_from(code: i16) -> Result<Self, UnknownCode> {
+        match code {
+            0 => Ok(Self::Saved),
+            4 => Ok(Self::HardDeleted),
+            5 => Ok(Self::NotFound),
+            6 => Ok(Self::RevisionOutOfRange),
+            code => Err(UnknownCode {
+                what: "snapshot save outcome",
+                code,
+            }),
+        }
+    }
+}
+
+/// The row of `highwater_save_snapshot`.
+#[derive(Debug, sqlx::FromRow)]
+pub struct SaveSnapshotRow {
+    #[sqlx(rename = "r_outcome", try_from = "i16")]
+    pub outcome: SaveSnapshotOutcome,
+    /// The stream's last revision.
+    #[sqlx(rename = "r_revision")]
+    pub revision: Option<i64>,
+    /// The last revision of a soft delete.
+    #[sqlx(rename = "r_floor")]
+    pub floor: Option<i64>,
+    #[sqlx(rename = "r_saved_us")]
+    pub saved_us: Option<i64>,
+}
+
 /// An expectation as the SQL functions take it: a kind and, for [`ExpectedKind::Exact`], the
 /// revision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

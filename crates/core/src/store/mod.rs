@@ -8,6 +8,7 @@ pub mod head;
 pub mod inline;
 pub mod model;
 pub mod reader;
+pub mod snapshots;
 pub mod validate;
 pub mod writer;
 
@@ -127,6 +128,43 @@ impl Store {
             direction,
             max_count,
         ))
+    }
+
+    /// Saves a snapshot of a stream (see [`snapshots`]).
+    pub async fn save_snapshot(
+        &self,
+        input: snapshots::SnapshotInput,
+    ) -> Result<snapshots::Snapshot> {
+        let saved = snapshots::save(&self.pool, input, &self.limits).await?;
+        tracing::debug!(stream = %saved.stream, revision = saved.revision, "snapshot saved");
+        Ok(saved)
+    }
+
+    /// A stream loaded from its latest snapshot: the snapshot, if any, and a forwards cursor
+    /// over the events after it (from `from_revision` if that is higher). `NOT_FOUND` as for
+    /// [`Store::read_stream`].
+    pub async fn load_stream(
+        &self,
+        stream: String,
+        from_revision: u64,
+        max_count: u64,
+    ) -> Result<(Option<snapshots::Snapshot>, ReadCursor)> {
+        check_stream(&stream)?;
+        if !reader::stream_exists(&self.pool, &stream).await? {
+            return Err(Error::StreamNotFound(stream));
+        }
+        let snapshot = snapshots::latest(&self.pool, &stream).await?;
+        let after_snapshot = snapshot
+            .as_ref()
+            .map_or(0, |snapshot| snapshot.revision.saturating_add(1));
+        let cursor = ReadCursor::stream(
+            self.pool.clone(),
+            stream,
+            from_revision.max(after_snapshot),
+            Direction::Forwards,
+            max_count,
+        );
+        Ok((snapshot, cursor))
     }
 
     /// A cursor over the whole log.

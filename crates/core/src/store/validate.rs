@@ -21,6 +21,8 @@ pub struct Limits {
     /// The most events in one append request. It bounds the time an append (or its resend)
     /// holds the log's lock, which every appender waits for (docs/ARCHITECTURE.md, "Bounds").
     pub max_append_events: usize,
+    /// Snapshots kept per stream: saving one more deletes the oldest.
+    pub snapshots_kept: u32,
 }
 
 impl Default for Limits {
@@ -29,6 +31,7 @@ impl Default for Limits {
             max_event_bytes: 1024 * 1024,
             max_append_bytes: 16 * 1024 * 1024,
             max_append_events: 10_000,
+            snapshots_kept: 3,
         }
     }
 }
@@ -52,6 +55,29 @@ fn name_problem(name: &str) -> Option<String> {
         Some("must not contain control characters".into())
     } else {
         None
+    }
+}
+
+/// Checks a content type: at most `MAX_NAME_BYTES` of printable ASCII. ASCII only, so that "is
+/// this JSON" reads the same here and in SQL (whose lower() and trim() follow the database's
+/// locale for anything else).
+pub fn check_content_type(field: &str, content_type: &str, violations: &mut Vec<FieldViolation>) {
+    if content_type.len() > MAX_NAME_BYTES
+        || !content_type
+            .bytes()
+            .all(|b| b.is_ascii_graphic() || b == b' ')
+    {
+        violations.push(FieldViolation::new(
+            field,
+            format!("must be at most {MAX_NAME_BYTES} bytes of printable ASCII (a media type)"),
+        ));
+    }
+}
+
+/// Checks a type name (of an event or a snapshot): 1 to 255 bytes, no control characters.
+pub fn check_type_name(field: &str, name: &str, violations: &mut Vec<FieldViolation>) {
+    if let Some(problem) = name_problem(name) {
+        violations.push(FieldViolation::new(field, problem));
     }
 }
 
@@ -150,27 +176,14 @@ pub fn validate_append(input: AppendInput, limits: &Limits) -> Result<AppendRequ
             ));
         }
 
-        if let Some(problem) = name_problem(&event.event_type) {
-            violations.push(FieldViolation::new(field("type"), problem));
-        }
+        check_type_name(&field("type"), &event.event_type, &mut violations);
 
         let content_type = if event.content_type.is_empty() {
             DEFAULT_CONTENT_TYPE.to_string()
         } else {
             event.content_type
         };
-        // ASCII only, so that "is this JSON" reads the same here and in SQL (whose lower() and
-        // trim() follow the database's locale for anything else).
-        if content_type.len() > MAX_NAME_BYTES
-            || !content_type
-                .bytes()
-                .all(|b| b.is_ascii_graphic() || b == b' ')
-        {
-            violations.push(FieldViolation::new(
-                field("content_type"),
-                format!("must be at most {MAX_NAME_BYTES} bytes of printable ASCII (a media type)"),
-            ));
-        }
+        check_content_type(&field("content_type"), &content_type, &mut violations);
         if is_json_content_type(&content_type)
             && let Err(problem) = json_problem(&event.data)
         {
@@ -339,6 +352,7 @@ mod tests {
             max_event_bytes: 20,
             max_append_bytes: 30,
             max_append_events: 3,
+            ..Limits::default()
         };
         let big = format!("\"{}\"", "x".repeat(20));
         assert_eq!(
