@@ -7,9 +7,16 @@ import enum
 import json
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from ._proto.highwater.v1 import admin_pb2, event_store_pb2
+
+
+def encode_data(data: Any) -> bytes:
+    """Bytes as they are; anything else as compact JSON."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    return json.dumps(data, separators=(",", ":")).encode()
 
 
 @dataclass
@@ -28,14 +35,10 @@ class NewEvent:
     metadata: Dict[str, str] = field(default_factory=dict)
 
     def to_proto(self) -> event_store_pb2.ProposedEvent:
-        if isinstance(self.data, (bytes, bytearray, memoryview)):
-            data = bytes(self.data)
-        else:
-            data = json.dumps(self.data, separators=(",", ":")).encode()
         return event_store_pb2.ProposedEvent(
             id=self.id,
             type=self.type,
-            data=data,
+            data=encode_data(self.data),
             content_type=self.content_type,
             metadata=self.metadata,
         )
@@ -72,6 +75,49 @@ class RecordedEvent:
             metadata=dict(e.metadata),
             recorded_at=e.recorded_at.ToDatetime(tzinfo=datetime.timezone.utc),
         )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A stream's state as of `revision` (that event included), saved by a client."""
+
+    stream: str
+    revision: int
+    type: str
+    data: bytes
+    content_type: str
+    saved_at: datetime.datetime
+
+    def json(self) -> Any:
+        """The data decoded as JSON."""
+        return json.loads(self.data)
+
+    @classmethod
+    def from_proto(cls, s: event_store_pb2.Snapshot) -> "Snapshot":
+        return cls(
+            stream=s.stream,
+            revision=s.revision,
+            type=s.type,
+            data=s.data,
+            content_type=s.content_type,
+            saved_at=s.saved_at.ToDatetime(tzinfo=datetime.timezone.utc),
+        )
+
+
+@dataclass(frozen=True)
+class LoadedAggregate:
+    """What `Client.load_aggregate` folded.
+
+    `state` is the fold of every event of the stream up to `revision`, its last; it started from
+    the snapshot at `snapshot_revision` (None: from the initial state) and folded `events_folded`
+    events after it; `saved_snapshot` says whether the load saved a new snapshot of `state`.
+    """
+
+    state: Any
+    revision: int
+    snapshot_revision: Optional[int]
+    events_folded: int
+    saved_snapshot: bool
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,16 @@ export {
   type ExpectedRevision,
   type HardDeleteResult,
   type ListSystemMessagesOptions,
+  type LoadAggregateOptions,
+  type LoadedAggregate,
   type ProjectionDefinitionInput,
   type ReadAllOptions,
   ReadResult,
   type ReadStreamOptions,
   type RebuildOptions,
   RebuildFailedError,
+  type SnapshotData,
+  type SnapshotRead,
   type SubscribeAllOptions,
   type SubscribeStreamOptions,
   type TlsOptions,
@@ -39,7 +43,7 @@ export {
   type SubscriptionOptions,
 } from "./subscription";
 export { toUint64, U64_MAX, type Uint64Input } from "./uint64";
-export type { RecordedEvent, SubscriptionInfo } from "./gen/highwater/v1/event_store";
+export type { RecordedEvent, Snapshot, SubscriptionInfo } from "./gen/highwater/v1/event_store";
 export {
   type ProjectionDefinition,
   type ProjectionInfo,
