@@ -31,6 +31,19 @@ pub enum Command {
     Migrate(MigrateConfig),
     /// Measure a server (started on a fresh database) against raw PostgreSQL, and print a report.
     Bench(highwater_bench::BenchConfig),
+    /// Print a shell completion script: `highwater completions bash > /etc/bash_completion.d/highwater`
+    /// (or zsh, fish, powershell, elvish).
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
     #[command(flatten)]
     Client(highwater_cli::ClientCommand),
+}
+
+/// Writes the completion script of `shell` for the whole command line to standard output.
+pub fn print_completions(shell: clap_complete::Shell) {
+    use clap::CommandFactory;
+    let mut command = Cli::command();
+    clap_complete::generate(shell, &mut command, "highwater", &mut std::io::stdout());
 }

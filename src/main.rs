@@ -33,6 +33,10 @@ async fn main() -> ExitCode {
                 highwater_bench::run(config).await.map_err(Into::into)
             }
             Command::Client(command) => return highwater_cli::run(command).await,
+            Command::Completions { shell } => {
+                command::print_completions(shell);
+                Ok(())
+            }
             Command::Migrate(config) => {
                 telemetry::init(&config.log);
                 server::migrate(&config.database).await.map_err(Into::into)

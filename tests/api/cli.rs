@@ -332,6 +332,7 @@ async fn rebuild_reports_progress_to_done_and_projections_show_the_new_version()
     assert!(rebuild.success, "{}", rebuild.stderr);
     let lines: Vec<&str> = rebuild.stdout.lines().collect();
     assert!(lines[0].starts_with("starting"), "{}", rebuild.stdout);
+    assert!(!rebuild.stdout.contains("version 0"), "{}", rebuild.stdout);
     assert_eq!(
         *lines.last().unwrap(),
         lines.last().unwrap().replace("\r", ""),
@@ -418,4 +419,67 @@ async fn delete_stream_soft_then_hard_prints_what_it_did() {
     );
     let log = run(&app, &["read-all", "--json"]).await;
     assert!(log.success && log.stdout.is_empty(), "{}", log.stdout);
+}
+
+#[tokio::test]
+async fn a_server_given_as_host_and_port_is_reached_in_plaintext() {
+    let app = TestApp::spawn().await;
+    let endpoint = app.server.endpoint();
+    let bare = endpoint.trim_start_matches("http://");
+    assert_ne!(bare, endpoint, "the test server's endpoint has a scheme");
+    let appended = run_on(bare, &["append", "bare", "--type", "E", "--data", "{}"], "").await;
+    assert!(appended.success, "{}", appended.stderr);
+    let read = run_on(bare, &["read", "bare", "--json"], "").await.json();
+    assert_eq!(read.len(), 1);
+    let unreachable = run_on("127.0.0.1:1", &["read", "bare"], "").await;
+    assert_fails_with(
+        &unreachable,
+        "error: UNAVAILABLE: cannot reach http://127.0.0.1:1",
+    );
+}
+
+#[tokio::test]
+async fn completions_are_printed_for_each_shell() {
+    for shell in ["bash", "zsh", "fish", "powershell", "elvish"] {
+        let output = highwater()
+            .args(["completions", shell])
+            .output()
+            .await
+            .expect("run highwater");
+        assert!(
+            output.status.success(),
+            "{shell}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let script = String::from_utf8(output.stdout).unwrap();
+        for word in ["serve", "append", "read-all", "delete-stream", "rebuild"] {
+            assert!(script.contains(word), "{shell} completions lack {word}");
+        }
+    }
+    // The bash script is valid bash.
+    let output = highwater()
+        .args(["completions", "bash"])
+        .output()
+        .await
+        .unwrap();
+    let path =
+        std::env::temp_dir().join(format!("highwater-completions-{}.bash", std::process::id()));
+    std::fs::write(&path, &output.stdout).unwrap();
+    let checked = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&path)
+        .output()
+        .unwrap();
+    std::fs::remove_file(&path).ok();
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let refused = highwater()
+        .args(["completions", "tcsh"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!refused.status.success());
 }

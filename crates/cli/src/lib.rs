@@ -25,7 +25,8 @@ pub use events::{AppendArgs, ReadAllArgs, ReadArgs, TailArgs};
 /// Where the server is and how to print: shared by every client subcommand.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
-    /// The server's address.
+    /// The server's address: `host:port` or `http://host:port` (plaintext), `https://host:port`
+    /// (TLS, with --tls-ca).
     #[arg(
         long,
         env = "HIGHWATER_SERVER",
@@ -196,7 +197,7 @@ pub type Connection = InterceptedService<Channel, BearerToken>;
 
 /// Opens a channel to the server; a server that is down fails here, not at the first call.
 async fn connect(args: &ClientArgs) -> CliResult<Connection> {
-    let server = &args.server;
+    let server = &server_uri(&args.server);
     let mut endpoint = Channel::from_shared(server.to_string()).map_err(|error| {
         CliError::Input(format!(
             "--server {server:?} is not a valid address: {error}"
@@ -240,6 +241,15 @@ async fn connect(args: &ClientArgs) -> CliResult<Connection> {
             reason: source_chain(&error),
         })?;
     Ok(InterceptedService::new(channel, BearerToken(token)))
+}
+
+/// The server's address as a URI: a bare `host:port` means plaintext, as `http://host:port`.
+fn server_uri(server: &str) -> String {
+    if server.contains("://") {
+        server.to_string()
+    } else {
+        format!("http://{server}")
+    }
 }
 
 /// An error with its causes, which is where transport errors keep the useful part.

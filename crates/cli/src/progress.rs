@@ -86,6 +86,8 @@ fn describe(progress: &pb::RebuildProgress) -> String {
             thousands(progress.position),
             thousands(progress.events_per_second as u64)
         ),
+        // The version is 0 until the server has chosen or made it.
+        Phase::Unspecified | Phase::Starting if progress.version == 0 => name.to_string(),
         Phase::Unspecified | Phase::Starting => format!("{name}: version {}", progress.version),
         Phase::ReplayingSkips => format!("{name}: {} replayed", thousands(progress.skips_replayed)),
         _ => {
@@ -147,6 +149,17 @@ mod tests {
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(1000), "1,000");
         assert_eq!(thousands(1_234_567), "1,234,567");
+    }
+
+    #[test]
+    fn the_version_is_shown_only_once_the_server_has_chosen_it() {
+        let mut progress = pb::RebuildProgress {
+            phase: Phase::Starting as i32,
+            ..Default::default()
+        };
+        assert_eq!(describe(&progress), "starting");
+        progress.version = 3;
+        assert_eq!(describe(&progress), "starting: version 3");
     }
 
     #[test]
