@@ -11,7 +11,7 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
-.venv/bin/python generate.py
+.venv/bin/python generate.py --check
 
 export HIGHWATER_BIN="${HIGHWATER_BIN:-$(cd ../.. && pwd)/target/debug/highwater}"
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"

@@ -52,8 +52,10 @@ class WrongExpectedRevision(HighwaterError):
         return self.metadata.get("expected", "")
 
     @property
-    def actual(self) -> str:
-        return self.metadata.get("actual", "")
+    def actual(self) -> Optional[int]:
+        """The stream's last revision when the check failed; None when there was no stream."""
+        value = self.metadata.get("actual", "")
+        return int(value) if value.isdigit() else None
 
 
 class InvalidArgument(HighwaterError):

@@ -83,12 +83,13 @@ def test_expected_revision_checks(client):
     assert error.code == grpc.StatusCode.ABORTED
     assert "wrong expected revision" in error.message
     assert error.reason == "WRONG_EXPECTED_REVISION"
-    assert (error.stream, error.expected, error.actual) == ("cart-7", "1", "4")
+    assert (error.stream, error.expected, error.actual) == ("cart-7", "1", 4)
 
     with pytest.raises(WrongExpectedRevision):
         client.append("cart-7", added("x"), expected_revision="no-stream")
-    with pytest.raises(WrongExpectedRevision):
+    with pytest.raises(WrongExpectedRevision) as no_stream:
         client.append("cart-8", added("x"), expected_revision="exists")
+    assert no_stream.value.actual is None
     with pytest.raises(WrongExpectedRevision):
         client.append("cart-8", added("x"), expected_revision=0)
 
@@ -206,7 +207,7 @@ def test_delete_stream_with_a_wrong_expectation_raises_and_deletes_nothing(clien
     error = raised.value
     assert error.code == grpc.StatusCode.ABORTED
     assert error.reason == "WRONG_EXPECTED_REVISION"
-    assert (error.stream, error.expected, error.actual) == ("cart-7", "0", "1")
+    assert (error.stream, error.expected, error.actual) == ("cart-7", "0", 1)
     with pytest.raises(WrongExpectedRevision):
         client.delete_stream("cart-7", expected_revision="no-stream")
     with pytest.raises(WrongExpectedRevision):
