@@ -27,3 +27,15 @@ fi
 # ../../proto/buf.gen.yaml into src/gen) and `npm run build` (tsc into dist), then node --test.
 echo "== npm test (generate, build, node --test) with HIGHWATER_BIN=$HIGHWATER_BIN"
 npm test
+
+# The package as published: `npm pack` (its prepack generates and builds) must hold the built
+# client and the generated code.
+echo "== npm pack"
+packed="$(mktemp -d)"
+trap 'rm -rf "$packed"' EXIT
+npm pack --silent --pack-destination "$packed" > /dev/null
+contents="$(tar tzf "$packed"/highwater-client-*.tgz)"
+for file in package/dist/src/index.js package/dist/src/index.d.ts package/dist/src/gen/highwater/v1/event_store.js; do
+    grep -qx "$file" <<< "$contents" || { echo "npm pack lacks $file" >&2; exit 1; }
+done
+echo "npm pack holds the built client and its generated code"

@@ -42,6 +42,7 @@ import {
   type SubscribeStreamRequest,
   type SubscriptionInfo,
 } from "./gen/highwater/v1/event_store";
+import { randomUUID } from "node:crypto";
 import { HighwaterError, toHighwaterError } from "./errors";
 import { decodeHealthCheckResponse, encodeHealthCheckRequest, HEALTH_CHECK_PATH, type ServingStatus } from "./health";
 import { Subscription, type SubscriptionOptions } from "./subscription";
@@ -68,7 +69,11 @@ export interface EventData {
    * checks is valid JSON.
    */
   data?: unknown;
-  /** A UUID; give one so a retried append is recognised. Empty: the server generates one. */
+  /**
+   * A UUID. By default the client makes one (a random UUID) when it builds the request, so that
+   * a retried call of the same request is recognised by the server and writes nothing; give your
+   * own to make retries of separate calls idempotent too.
+   */
   id?: string;
   /** Media type of `data`; empty means `application/json`. */
   contentType?: string;
@@ -226,6 +231,9 @@ export const DEFAULT_CHANNEL_OPTIONS: Readonly<ChannelOptions> = {
   "grpc.max_reconnect_backoff_ms": 5_000,
 };
 
+/** The deadline of each unary call unless `callTimeoutMs` says otherwise. */
+export const DEFAULT_CALL_TIMEOUT_MS = 30_000;
+
 /** TLS settings for a server started with `--tls-cert`/`--tls-key`. */
 export interface TlsOptions {
   /** PEM of the CA that signed the server's certificate (default: Node's trusted CAs). */
@@ -252,8 +260,11 @@ export interface ClientOptions {
   credentials?: ChannelCredentials;
   /** @grpc/grpc-js channel options, such as `grpc.keepalive_time_ms`, over DEFAULT_CHANNEL_OPTIONS. */
   channelOptions?: ChannelOptions;
-  /** Deadline of each unary call, in milliseconds (default: none). */
-  callTimeoutMs?: number;
+  /**
+   * Deadline of each unary call, in milliseconds (default 30,000: DEFAULT_CALL_TIMEOUT_MS);
+   * `null` for none. Streamed reads and subscriptions have no deadline.
+   */
+  callTimeoutMs?: number | null;
 }
 
 /** A rebuild that ended in PHASE_FAILED; `progress.error` says why. */
@@ -310,7 +321,7 @@ export class Client {
     const shared = { ...channelOptions, channelOverride: this.eventStore.getChannel(), interceptors };
     this.adminService = new AdminServiceClient(target, creds, shared);
     this.generic = new GrpcClient(target, creds, shared);
-    this.callTimeoutMs = options.callTimeoutMs;
+    this.callTimeoutMs = options.callTimeoutMs === null ? undefined : options.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS;
   }
 
   /** Closes the channel; calls in flight fail with CANCELLED or UNAVAILABLE. */
@@ -762,7 +773,7 @@ function toExpected(expected: ExpectedRevision | undefined): { $case: "revision"
 
 function toProposedEvent(event: EventData): ProposedEvent {
   return {
-    id: event.id ?? "",
+    id: event.id ?? randomUUID(),
     type: event.type,
     data: toBytes(event.data),
     contentType: event.contentType ?? "",

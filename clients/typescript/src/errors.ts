@@ -78,11 +78,30 @@ export class WrongExpectedRevisionError extends HighwaterError {
   get expected(): string | undefined {
     return this.info.expected;
   }
-  /** The stream's actual state, as the server wrote it (its last revision, when it has one). */
-  get actual(): string | undefined {
-    return this.info.actual;
+  /** The stream's last revision when the check failed; undefined when there was no stream. */
+  get actual(): bigint | undefined {
+    const actual = this.info.actual;
+    return actual !== undefined && /^[0-9]+$/.test(actual) ? BigInt(actual) : undefined;
   }
 }
+
+/** INVALID_ARGUMENT: the request was malformed; `fieldViolations` names the fields. */
+export class InvalidArgumentError extends HighwaterError {}
+
+/** NOT_FOUND: no such stream (or it was deleted), subscription or projection. */
+export class NotFoundError extends HighwaterError {}
+
+/** ALREADY_EXISTS: an event id is already used by a different event. */
+export class AlreadyExistsError extends HighwaterError {}
+
+/**
+ * FAILED_PRECONDITION: the call is valid but the server's state refuses it (an inline projection
+ * refused an event, a rebuild runs elsewhere, the stream was hard-deleted).
+ */
+export class FailedPreconditionError extends HighwaterError {}
+
+/** UNAVAILABLE (or a deadline passed): the server could not be reached; safe to retry. */
+export class UnavailableError extends HighwaterError {}
 
 /**
  * UNAUTHENTICATED: no token, a malformed `authorization` header, or a token the server does not
@@ -121,13 +140,21 @@ export function toHighwaterError(err: unknown): unknown {
   const extra = decodeStatusDetails(err.metadata);
   const Ctor = err.code === Status.ABORTED && extra.reason === "WRONG_EXPECTED_REVISION"
     ? WrongExpectedRevisionError
-    : err.code === Status.UNAUTHENTICATED
-    ? UnauthenticatedError
-    : err.code === Status.PERMISSION_DENIED
-    ? PermissionDeniedError
-    : HighwaterError;
+    : BY_CODE.get(err.code) ?? HighwaterError;
   return new Ctor(err.code, details, { ...extra, metadata: err.metadata, cause: err });
 }
+
+/** The error class of each status code, the same as the Python client's exceptions. */
+const BY_CODE: ReadonlyMap<number, typeof HighwaterError> = new Map<number, typeof HighwaterError>([
+  [Status.INVALID_ARGUMENT, InvalidArgumentError],
+  [Status.NOT_FOUND, NotFoundError],
+  [Status.ALREADY_EXISTS, AlreadyExistsError],
+  [Status.FAILED_PRECONDITION, FailedPreconditionError],
+  [Status.UNAVAILABLE, UnavailableError],
+  [Status.DEADLINE_EXCEEDED, UnavailableError],
+  [Status.UNAUTHENTICATED, UnauthenticatedError],
+  [Status.PERMISSION_DENIED, PermissionDeniedError],
+]);
 
 const ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo";
 const BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest";

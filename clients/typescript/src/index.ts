@@ -5,6 +5,7 @@ export {
   type AppendResult,
   Client,
   type ClientOptions,
+  DEFAULT_CALL_TIMEOUT_MS,
   DEFAULT_CHANNEL_OPTIONS,
   type DeleteStreamOptions,
   type EventData,
@@ -28,11 +29,16 @@ export {
   type TlsOptions,
 } from "./client";
 export {
+  AlreadyExistsError,
+  FailedPreconditionError,
   type FieldViolation,
   HighwaterError,
+  InvalidArgumentError,
+  NotFoundError,
   PermissionDeniedError,
   Status,
   UnauthenticatedError,
+  UnavailableError,
   WrongExpectedRevisionError,
 } from "./errors";
 export type { ServingStatus } from "./health";

@@ -1,8 +1,11 @@
 // Positions and revisions are uint64 on the wire. The client returns them as `bigint` and accepts
 // a bigint, a safe non-negative integer `number`, or a decimal string.
 
-/** A uint64 as the client accepts it. */
-export type Uint64Input = bigint | number | string;
+/**
+ * A uint64 as the client accepts it. Strings must be decimal digits, which the type checks at
+ * compile time for literals (`"12"` compiles, `"nostream"` does not).
+ */
+export type Uint64Input = bigint | number | `${bigint}`;
 
 /** 18446744073709551615: "from the end" for backwards reads. */
 export const U64_MAX = (1n << 64n) - 1n;

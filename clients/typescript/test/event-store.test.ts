@@ -4,12 +4,17 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { randomUUID } from "node:crypto";
 import {
+  AlreadyExistsError,
   Client,
   eventJson,
+  FailedPreconditionError,
   HighwaterError,
+  InvalidArgumentError,
+  NotFoundError,
   type RecordedEvent,
   Status,
   U64_MAX,
+  UnavailableError,
   WrongExpectedRevisionError,
 } from "../src/index";
 import { TestServer } from "./support/server";
@@ -85,7 +90,7 @@ describe("event store", { timeout: 120_000 }, () => {
         assert.equal(err.reason, "WRONG_EXPECTED_REVISION");
         assert.equal(err.stream, "conflict-1");
         assert.equal(err.expected, "5");
-        assert.equal(err.actual, "0");
+        assert.equal(err.actual, 0n);
         assert.match(err.details, /wrong expected revision/);
         assert.match(err.message, /^ABORTED: .*conflict-1/);
         return true;
@@ -97,7 +102,7 @@ describe("event store", { timeout: 120_000 }, () => {
     );
     await assert.rejects(
       client.append("conflict-missing", [{ type: "Changed", data: {} }], { expectedRevision: "exists" }),
-      (err: unknown) => err instanceof WrongExpectedRevisionError && err.code === Status.ABORTED,
+      (err: unknown) => err instanceof WrongExpectedRevisionError && err.code === Status.ABORTED && err.actual === undefined,
     );
     await assert.rejects(
       client.append("conflict-missing", [{ type: "Changed", data: {} }], { expectedRevision: 0 }),
@@ -107,7 +112,27 @@ describe("event store", { timeout: 120_000 }, () => {
     const events = await client.readStream("conflict-1").toArray();
     assert.deepEqual(events.map((e) => e.type), ["Created"]);
     await assert.rejects(client.readStream("conflict-missing").toArray(), (err: unknown) =>
-      err instanceof HighwaterError && err.code === Status.NOT_FOUND);
+      err instanceof NotFoundError && err.code === Status.NOT_FOUND);
+  });
+
+  test("events get ids by default, and errors have a class per status code", async () => {
+    await client.append("ids-1", [{ type: "A", data: {} }, { type: "B", data: {} }]);
+    await client.append("ids-1", [{ type: "A", data: {} }]);
+    const ids = (await client.readStream("ids-1").toArray()).map((e) => e.id);
+    assert.equal(new Set(ids).size, 3);
+    for (const id of ids) {
+      assert.match(id, /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/, "a random UUID from the client");
+    }
+    await assert.rejects(client.append("", [{ type: "A", data: {} }]), InvalidArgumentError);
+    await assert.rejects(client.append("ids-2", [{ id: ids[0], type: "A", data: {} }]), AlreadyExistsError);
+    await client.hardDeleteStream("ids-1");
+    await assert.rejects(client.append("ids-1", [{ type: "A", data: {} }]), FailedPreconditionError);
+    const unreachable = new Client("127.0.0.1:1", { callTimeoutMs: 2_000 });
+    try {
+      await assert.rejects(unreachable.append("ids-3", [{ type: "A", data: {} }]), UnavailableError);
+    } finally {
+      unreachable.close();
+    }
   });
 
   test("appends are idempotent by event id", async () => {
@@ -151,7 +176,14 @@ describe("event store", { timeout: 120_000 }, () => {
     await assert.rejects(client.append("bad-1", [{ type: "Ok", data: {} }], { expectedRevision: -1 }), RangeError);
     await assert.rejects(client.append("bad-1", [{ type: "Ok", data: {} }], { expectedRevision: U64_MAX + 1n }), RangeError);
     await assert.rejects(client.append("bad-1", [{ type: "Ok", data: {} }], { expectedRevision: 1.5 }), RangeError);
+    // Rejected by the compiler (@ts-expect-error fails the build if it is not), and at run time
+    // for JavaScript callers.
+    // @ts-expect-error: a word is not a uint64
     assert.throws(() => client.readAll({ afterPosition: "ten" }), TypeError);
+    // @ts-expect-error: the state is spelled "no-stream"
+    await assert.rejects(client.append("bad-1", [{ type: "Ok", data: {} }], { expectedRevision: "nostream" }), TypeError);
+    await client.append("typed-1", [{ type: "Ok", data: {} }], { expectedRevision: "no-stream" });
+    await client.append("typed-1", [{ type: "Ok", data: {} }], { expectedRevision: "0" });
   });
 
   test("data, content type and metadata come back as written", async () => {
@@ -289,7 +321,7 @@ describe("event store", { timeout: 120_000 }, () => {
       assert.equal(err.reason, "WRONG_EXPECTED_REVISION");
       assert.equal(err.stream, stream);
       assert.equal(err.expected, "0");
-      assert.equal(err.actual, "1");
+      assert.equal(err.actual, 1n);
       return true;
     });
     await assert.rejects(client.deleteStream(stream, { expectedRevision: "no-stream" }), WrongExpectedRevisionError);
@@ -298,6 +330,7 @@ describe("event store", { timeout: 120_000 }, () => {
 
     // uint64 arguments are checked before anything is sent
     await assert.rejects(client.deleteStream(stream, { expectedRevision: -1 }), RangeError);
+    // @ts-expect-error: a word is not a revision
     await assert.rejects(client.hardDeleteStream(stream, { expectedRevision: "two" }), TypeError);
   });
 
