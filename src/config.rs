@@ -35,8 +35,10 @@ pub struct ServeConfig {
     #[arg(long, env = "HIGHWATER_MAX_APPEND_EVENTS", default_value_t = Limits::default().max_append_events as u32, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_append_events: u32,
 
-    /// Snapshots kept per stream (SaveSnapshot): saving one more deletes the stream's oldest.
-    #[arg(long, env = "HIGHWATER_SNAPSHOTS_KEPT", default_value_t = Limits::default().snapshots_kept, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Snapshots kept per stream (SaveSnapshot), 1 to 100: saving one more deletes the stream's
+    /// oldest. A delete of the stream deletes them all while holding the log's lock, so this
+    /// bounds that delete's work (at most this many times --max-event-bytes).
+    #[arg(long, env = "HIGHWATER_SNAPSHOTS_KEPT", default_value_t = Limits::default().snapshots_kept, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub snapshots_kept: u32,
 
     /// Batches of new events kept for live subscribers. A subscriber that falls further behind

@@ -46,6 +46,7 @@ pub fn status(error: Error) -> Status {
         | Error::SubscriptionNotFound(_)
         | Error::ProjectionNotFound(_) => Status::not_found(message),
         Error::FailedPrecondition(_) => Status::failed_precondition(message),
+        Error::Aborted(_) => Status::aborted(message),
         Error::Unavailable(_) | Error::DatabaseUnavailable(_) => Status::unavailable(message),
         Error::ResourceExhausted(_) => Status::resource_exhausted(message),
         Error::PermissionDenied(_) => Status::permission_denied(message),

@@ -114,6 +114,19 @@ async fn setup_sql_cannot_leave_its_sandbox() {
         "CREATE TABLE {{table}} (k text PRIMARY KEY); \
          INSERT INTO {{table}} SELECT lo_import('/etc/hostname')::text"
             .into(),
+        // Snapshots (migrations 0017, 0018): neither their table nor their lock.
+        "CREATE TABLE {{table}} (k text PRIMARY KEY); DELETE FROM public.snapshots".into(),
+        "CREATE TABLE {{table}} (k text PRIMARY KEY); \
+         INSERT INTO {{table}} SELECT stream FROM public.snapshots"
+            .into(),
+        "CREATE TABLE {{table}} (k text PRIMARY KEY); SELECT public.highwater_snapshot_lock('x')"
+            .into(),
+        "CREATE TABLE {{table}} (k text PRIMARY KEY); \
+         INSERT INTO public.snapshot_locks VALUES ('x')"
+            .into(),
+        "CREATE TABLE {{table}} (k text PRIMARY KEY); \
+         SELECT public.highwater_save_snapshot('x', 0, 'T', '\\x00', 'x', 1)"
+            .into(),
         // Left behind to run later with another role's rights: refused by the audit.
         "CREATE TABLE {{table}} (k text PRIMARY KEY); \
          CREATE FUNCTION projection_p.f() RETURNS void SECURITY DEFINER LANGUAGE sql \

@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ._proto.highwater.v1 import admin_pb2, admin_pb2_grpc, event_store_pb2, event_store_pb2_grpc
-from .errors import HighwaterError, Unavailable, from_rpc_error
+from .errors import HighwaterError, NotFound, Unavailable, from_rpc_error
 from .models import (
     AppendResult,
     Checkpoint,
@@ -407,7 +407,7 @@ class Client:
             revision = event.revision
             folded += 1
         if revision is None:
-            raise HighwaterError(f"stream {stream!r} has no events")
+            raise NotFound(f"stream {stream!r} has no events", grpc.StatusCode.NOT_FOUND)
         saved = snapshot_every is not None and folded >= snapshot_every
         if saved:
             self.save_snapshot(stream, revision, snapshot_type, encode(state))

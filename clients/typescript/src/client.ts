@@ -43,7 +43,7 @@ import {
   type SubscriptionInfo,
 } from "./gen/highwater/v1/event_store";
 import { randomUUID } from "node:crypto";
-import { HighwaterError, toHighwaterError } from "./errors";
+import { HighwaterError, NotFoundError, toHighwaterError } from "./errors";
 import { decodeHealthCheckResponse, encodeHealthCheckRequest, HEALTH_CHECK_PATH, type ServingStatus } from "./health";
 import { Subscription, type SubscriptionOptions } from "./subscription";
 import { toUint64, U64_MAX, type Uint64Input } from "./uint64";
@@ -434,7 +434,7 @@ export class Client {
       revision = event.revision;
     }
     if (revision === undefined) {
-      throw new HighwaterError(Status.NOT_FOUND, `stream ${stream} has no events`);
+      throw new NotFoundError(Status.NOT_FOUND, `stream ${stream} has no events`);
     }
     const savedSnapshot = every !== undefined && events.length >= every;
     if (savedSnapshot) {

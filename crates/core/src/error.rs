@@ -46,6 +46,11 @@ pub enum Error {
     #[error("{0}")]
     FailedPrecondition(String),
 
+    /// The call raced a change that makes its answer inconsistent (a stream deleted and written
+    /// again during a read from its snapshot): retrying is safe and reads the new state.
+    #[error("{0}")]
+    Aborted(String),
+
     /// The database cannot be reached (or not yet, or the server is stopping): retrying is safe.
     #[error("{0}")]
     Unavailable(String),

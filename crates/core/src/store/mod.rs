@@ -142,7 +142,8 @@ impl Store {
 
     /// A stream loaded from its latest snapshot: the snapshot, if any, and a forwards cursor
     /// over the events after it (from `from_revision` if that is higher). `NOT_FOUND` as for
-    /// [`Store::read_stream`].
+    /// [`Store::read_stream`]; the cursor fails with `ABORTED` if the stream is deleted while it
+    /// reads (docs/ARCHITECTURE.md, "Snapshots").
     pub async fn load_stream(
         &self,
         stream: String,
@@ -150,21 +151,19 @@ impl Store {
         max_count: u64,
     ) -> Result<(Option<snapshots::Snapshot>, ReadCursor)> {
         check_stream(&stream)?;
-        if !reader::stream_exists(&self.pool, &stream).await? {
-            return Err(Error::StreamNotFound(stream));
-        }
-        let snapshot = snapshots::latest(&self.pool, &stream).await?;
-        let after_snapshot = snapshot
+        let point = snapshots::load_point(&self.pool, &stream).await?;
+        let after_snapshot = point
+            .snapshot
             .as_ref()
             .map_or(0, |snapshot| snapshot.revision.saturating_add(1));
-        let cursor = ReadCursor::stream(
+        let cursor = ReadCursor::stream_pinned(
             self.pool.clone(),
             stream,
             from_revision.max(after_snapshot),
-            Direction::Forwards,
             max_count,
+            point.pinned,
         );
-        Ok((snapshot, cursor))
+        Ok((point.snapshot, cursor))
     }
 
     /// A cursor over the whole log.

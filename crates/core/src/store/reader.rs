@@ -48,6 +48,16 @@ pub struct ReadCursor {
     next_key: Option<i64>,
     /// Events still to return; `None` means no limit.
     remaining: Option<u64>,
+    /// For a read that started from a snapshot: the stream's soft-delete point when the snapshot
+    /// was read. A page that finds another fails the read, rather than return a snapshot of the
+    /// deleted stream followed by the events of the recreated one.
+    pinned: Option<PinnedDelete>,
+}
+
+/// A stream's soft-delete point (`streams.deleted_through`) as a read saw it first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PinnedDelete {
+    pub deleted_through: Option<i64>,
 }
 
 impl ReadCursor {
@@ -63,6 +73,7 @@ impl ReadCursor {
             direction,
             next_key,
             remaining: limit(max_count),
+            pinned: None,
         }
     }
 
@@ -80,6 +91,22 @@ impl ReadCursor {
             direction,
             next_key: Some(to_i64(from_revision)),
             remaining: limit(max_count),
+            pinned: None,
+        }
+    }
+
+    /// A forwards stream cursor that fails (ABORTED) if the stream's soft-delete point moves from
+    /// `pinned` while it reads: the read of a snapshot and the events after it.
+    pub fn stream_pinned(
+        pool: PgPool,
+        stream: String,
+        from_revision: u64,
+        max_count: u64,
+        pinned: PinnedDelete,
+    ) -> Self {
+        Self {
+            pinned: Some(pinned),
+            ..Self::stream(pool, stream, from_revision, Direction::Forwards, max_count)
         }
     }
 
@@ -142,6 +169,19 @@ impl ReadCursor {
             page.push(decode(&row?)?);
         }
         drop(rows);
+        if let (Some(pinned), Scope::Stream(stream)) = (self.pinned, &self.scope) {
+            let now: Option<i64> =
+                sqlx::query_scalar("SELECT deleted_through FROM streams WHERE stream = $1")
+                    .bind(stream)
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .flatten();
+            if now != pinned.deleted_through {
+                return Err(Error::Aborted(format!(
+                    "stream {stream:?} was deleted during the read from its snapshot; read it again"
+                )));
+            }
+        }
 
         if let Some(last) = page.last() {
             let last_key = match self.scope {

@@ -12,6 +12,7 @@ use super::{
     codes::{SaveSnapshotOutcome, SaveSnapshotRow},
     columns::{micros_to_time, to_i64},
     model::DEFAULT_CONTENT_TYPE,
+    reader::PinnedDelete,
     validate::{Limits, check_content_type, check_stream_name, check_type_name},
     writer::hard_deleted,
 };
@@ -115,28 +116,45 @@ pub async fn save(pool: &PgPool, input: SnapshotInput, limits: &Limits) -> Resul
     }
 }
 
-/// The stream's latest snapshot, if it has one.
-pub async fn latest(pool: &PgPool, stream: &str) -> Result<Option<Snapshot>> {
+/// Where a load from the latest snapshot starts: the snapshot, if any, and the stream's
+/// soft-delete point, read together.
+pub struct LoadPoint {
+    pub snapshot: Option<Snapshot>,
+    pub pinned: PinnedDelete,
+}
+
+/// The stream's latest snapshot and its delete point, in one statement; `NOT_FOUND` if the stream
+/// does not exist or is deleted.
+pub async fn load_point(pool: &PgPool, stream: &str) -> Result<LoadPoint> {
     let row = sqlx::query(
-        "SELECT s.stream, s.revision, s.type, s.data, s.content_type,
-                (extract(epoch FROM s.saved_at) * 1000000)::bigint AS saved_us
-           FROM snapshots s
-          WHERE s.stream = $1
-          ORDER BY s.revision DESC
-          LIMIT 1",
+        "SELECT st.deleted_through, snap.stream, snap.revision, snap.type, snap.data,
+                snap.content_type, (extract(epoch FROM snap.saved_at) * 1000000)::bigint AS saved_us
+           FROM streams st
+           LEFT JOIN LATERAL (
+               SELECT s.* FROM snapshots s WHERE s.stream = st.stream
+                ORDER BY s.revision DESC LIMIT 1
+           ) snap ON true
+          WHERE st.stream = $1
+            AND NOT st.tombstoned
+            AND st.revision > coalesce(st.deleted_through, -1)",
     )
     .bind(stream)
     .fetch_optional(pool)
-    .await?;
-    row.map(|row| {
-        Ok(Snapshot {
+    .await?
+    .ok_or_else(|| Error::StreamNotFound(stream.to_string()))?;
+    let pinned = PinnedDelete {
+        deleted_through: row.try_get("deleted_through")?,
+    };
+    let snapshot = match row.try_get::<Option<i64>, _>("revision")? {
+        None => None,
+        Some(revision) => Some(Snapshot {
             stream: row.try_get("stream")?,
-            revision: row.try_get::<i64, _>("revision")? as u64,
+            revision: revision as u64,
             snapshot_type: row.try_get("type")?,
             data: Bytes::from(row.try_get::<Vec<u8>, _>("data")?),
             content_type: row.try_get("content_type")?,
             saved_at: micros_to_time(row.try_get("saved_us")?),
-        })
-    })
-    .transpose()
+        }),
+    };
+    Ok(LoadPoint { snapshot, pinned })
 }
