@@ -70,6 +70,33 @@ class RetryPolicy:
     codes: Sequence[grpc.StatusCode] = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
+@dataclass
+class CallRetry:
+    """How calls that are safe to repeat are retried (docs/CLIENTS.md, "Retries").
+
+    A call that fails with one of `codes` (the server was unreachable, or the deadline passed) is
+    made again, up to `attempts` calls in all, after waits that start at `initial_backoff`
+    seconds and grow by `multiplier` up to `max_backoff`, each with random jitter. Only calls
+    whose repetition cannot change the outcome are retried: reads (a streamed read only before
+    its first message), saves of checkpoints and snapshots, hard deletes, and appends whose
+    events all carry an id (NewEvent gives each one by default). `CallRetry(attempts=1)` turns
+    retries off.
+    """
+
+    attempts: int = 4
+    initial_backoff: float = 0.05
+    max_backoff: float = 1.0
+    multiplier: float = 2.0
+    codes: Sequence[grpc.StatusCode] = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+    def waits(self) -> Iterator[float]:
+        """The waits before the second, third... attempt."""
+        wait = self.initial_backoff
+        for _ in range(self.attempts - 1):
+            yield wait * random.uniform(0.5, 1.0)
+            wait = min(wait * self.multiplier, self.max_backoff)
+
+
 Pem = Union[bytes, str]
 
 
@@ -163,11 +190,15 @@ class Client:
         tls_client_key: Optional[Pem] = None,
         timeout: float = 30.0,
         retry: Optional[RetryPolicy] = None,
+        call_retry: Optional[CallRetry] = None,
         channel: Optional[grpc.Channel] = None,
     ):
         self.target = target
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
+        self.call_retry = call_retry or CallRetry()
+        if self.call_retry.attempts < 1:
+            raise ValueError("call_retry.attempts must be at least 1")
         address, scheme_tls = _split_target(target)
         ca = _pem(tls_ca, "tls_ca")
         cert = _pem(tls_client_cert, "tls_client_cert")
@@ -208,20 +239,39 @@ class Client:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _call(self, method, request):
-        try:
-            return method(request, timeout=self.timeout)
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
+    def _call(self, method, request, retry: bool = True):
+        """A unary call; `retry`: repeating it cannot change its outcome (see CallRetry)."""
+        waits = self.call_retry.waits() if retry else iter(())
+        while True:
+            try:
+                return method(request, timeout=self.timeout)
+            except grpc.RpcError as e:
+                wait = next(waits, None) if e.code() in self.call_retry.codes else None
+                if wait is None:
+                    raise from_rpc_error(e) from None
+                log.debug("%s, retrying in %.3fs", e.code().name, wait)
+                time.sleep(wait)
 
-    @staticmethod
-    def _stream(call) -> Iterator:
-        try:
-            yield from call
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
-        finally:
-            call.cancel()  # no-op when finished; stops the server's work if the caller stopped
+    def _stream(self, open_call, retry: bool = True) -> Iterator:
+        """The messages of a streamed call; `open_call()` starts it, and with `retry` again after
+        a retryable failure that came before the first message."""
+        waits = self.call_retry.waits() if retry else iter(())
+        while True:
+            call = open_call()
+            received = False
+            try:
+                for message in call:
+                    received = True
+                    yield message
+                return
+            except grpc.RpcError as e:
+                wait = None if received or e.code() not in self.call_retry.codes else next(waits, None)
+                if wait is None:
+                    raise from_rpc_error(e) from None
+                log.debug("%s before the first message, retrying in %.3fs", e.code().name, wait)
+                time.sleep(wait)
+            finally:
+                call.cancel()  # no-op when finished; stops the server's work if the caller stopped
 
     # --- Health ---------------------------------------------------------------------------------
 
@@ -264,7 +314,8 @@ class Client:
             stream=stream, events=[e.to_proto() for e in events]
         )
         _set_expected(request, expected_revision)
-        r = self._call(self.event_store.Append, request)
+        # Safe to repeat only if the server can recognise the events again by their ids.
+        r = self._call(self.event_store.Append, request, retry=all(e.id for e in request.events))
         return AppendResult(r.first_revision, r.last_revision, r.first_position, r.last_position)
 
     def delete_stream(self, stream: str, expected_revision: ExpectedRevision = "any") -> int:
@@ -279,7 +330,8 @@ class Client:
         """
         request = event_store_pb2.DeleteStreamRequest(stream=stream)
         _set_expected(request, expected_revision)
-        return self._call(self.event_store.DeleteStream, request).deleted_revision
+        # Not repeated: a soft delete that committed would answer its repetition NOT_FOUND.
+        return self._call(self.event_store.DeleteStream, request, retry=False).deleted_revision
 
     def hard_delete_stream(
         self, stream: str, expected_revision: ExpectedRevision = "any"
@@ -313,15 +365,14 @@ class Client:
         """
         if from_revision is None:
             from_revision = U64_MAX if backwards else 0
-        call = self.event_store.ReadStream(
-            event_store_pb2.ReadStreamRequest(
-                stream=stream,
-                from_revision=from_revision,
-                direction=_direction(backwards),
-                max_count=limit or 0,
-            )
+        request = event_store_pb2.ReadStreamRequest(
+            stream=stream,
+            from_revision=from_revision,
+            direction=_direction(backwards),
+            max_count=limit or 0,
         )
-        return (RecordedEvent.from_proto(m.event) for m in self._stream(call))
+        messages = self._stream(lambda: self.event_store.ReadStream(request))
+        return (RecordedEvent.from_proto(m.event) for m in messages)
 
     # --- Snapshots ------------------------------------------------------------------------------
 
@@ -355,12 +406,10 @@ class Client:
     ) -> Tuple[Optional[Snapshot], Iterator[RecordedEvent]]:
         """The stream's latest snapshot (None if it has none) and an iterator over the events
         after it. Raises NotFound if the stream does not exist."""
-        call = self.event_store.ReadStream(
-            event_store_pb2.ReadStreamRequest(
-                stream=stream, max_count=limit or 0, from_latest_snapshot=True
-            )
+        request = event_store_pb2.ReadStreamRequest(
+            stream=stream, max_count=limit or 0, from_latest_snapshot=True
         )
-        messages = self._stream(call)
+        messages = self._stream(lambda: self.event_store.ReadStream(request))
         first = next(messages, None)
         if first is None:
             return None, iter(())
@@ -432,14 +481,13 @@ class Client:
         """
         if after_position is None:
             after_position = U64_MAX if backwards else 0
-        call = self.event_store.ReadAll(
-            event_store_pb2.ReadAllRequest(
-                after_position=after_position,
-                direction=_direction(backwards),
-                max_count=limit or 0,
-            )
+        request = event_store_pb2.ReadAllRequest(
+            after_position=after_position,
+            direction=_direction(backwards),
+            max_count=limit or 0,
         )
-        return (RecordedEvent.from_proto(m.event) for m in self._stream(call))
+        messages = self._stream(lambda: self.event_store.ReadAll(request))
+        return (RecordedEvent.from_proto(m.event) for m in messages)
 
     def head_position(self) -> int:
         """The position of the log's newest event (0 for an empty store).
@@ -520,7 +568,7 @@ class Client:
     def delete_subscription(self, subscription: str) -> None:
         """Deletes a durable subscription; NotFound if there is none of that name."""
         request = event_store_pb2.DeleteSubscriptionRequest(subscription=subscription)
-        self._call(self.event_store.DeleteSubscription, request)
+        self._call(self.event_store.DeleteSubscription, request, retry=False)
 
     # --- Projections ----------------------------------------------------------------------------
 
@@ -530,10 +578,10 @@ class Client:
         strategy = (
             admin_pb2.REBUILD_STRATEGY_IN_PLACE if in_place else admin_pb2.REBUILD_STRATEGY_BLUE_GREEN
         )
-        call = self.admin.AdminRebuild(
-            admin_pb2.AdminRebuildRequest(projection=projection, strategy=strategy)
-        )
-        return (RebuildProgress.from_proto(m.progress) for m in self._stream(call))
+        request = admin_pb2.AdminRebuildRequest(projection=projection, strategy=strategy)
+        # Not repeated: a rebuild the server started before the failure would start again.
+        messages = self._stream(lambda: self.admin.AdminRebuild(request), retry=False)
+        return (RebuildProgress.from_proto(m.progress) for m in messages)
 
     def register_projection(
         self, toml: Optional[str] = None, *, definition: Optional[admin_pb2.ProjectionDefinition] = None
@@ -547,7 +595,7 @@ class Client:
             if toml is not None
             else admin_pb2.RegisterProjectionRequest(definition=definition)
         )
-        return ProjectionInfo.from_proto(self._call(self.admin.RegisterProjection, request).projection)
+        return ProjectionInfo.from_proto(self._call(self.admin.RegisterProjection, request, retry=False).projection)
 
     def get_projection(self, name: str) -> ProjectionInfo:
         """One projection's status; NotFound for an unknown name."""
@@ -575,7 +623,7 @@ class Client:
 
     def retry_dead_letters(self, projection: str) -> RetryResult:
         request = admin_pb2.RetryDeadLettersRequest(projection=projection)
-        r = self._call(self.admin.RetryDeadLetters, request)
+        r = self._call(self.admin.RetryDeadLetters, request, retry=False)
         return RetryResult(r.applied, r.still_failing)
 
 

@@ -121,6 +121,8 @@ def from_rpc_error(error: grpc.RpcError) -> HighwaterError:
             detail.Unpack(bad)
             violations = [(v.field, v.description) for v in bad.field_violations]
     cls = _BY_CODE.get(code, HighwaterError)
+    if cls is WrongExpectedRevision and reason != "WRONG_EXPECTED_REVISION":
+        cls = HighwaterError  # another conflict, such as a read that raced a delete
     return cls(message, code, reason, metadata, violations, request_id(error))
 
 

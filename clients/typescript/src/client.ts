@@ -231,6 +231,61 @@ export const DEFAULT_CHANNEL_OPTIONS: Readonly<ChannelOptions> = {
   "grpc.max_reconnect_backoff_ms": 5_000,
 };
 
+/**
+ * Retries of calls that are safe to repeat: reads (a streamed read only before its first
+ * message), saves of checkpoints and snapshots, hard deletes, listings, health, and appends whose
+ * events all carry an id (the client gives each one by default). Soft deletes, subscription
+ * deletes, registrations, rebuilds and dead-letter retries are never repeated.
+ */
+export interface CallRetryOptions {
+  /** Calls in all, the first included (default 4). */
+  attempts?: number;
+  /** The first wait, in milliseconds (default 50); each wait has random jitter. */
+  initialDelayMs?: number;
+  /** The longest wait (default 1,000). */
+  maxDelayMs?: number;
+  /** How much each wait grows (default 2). */
+  multiplier?: number;
+  /** The codes retried (default UNAVAILABLE and DEADLINE_EXCEEDED). */
+  codes?: Status[];
+}
+
+export const DEFAULT_CALL_RETRY: Readonly<Required<CallRetryOptions>> = {
+  attempts: 4,
+  initialDelayMs: 50,
+  maxDelayMs: 1_000,
+  multiplier: 2,
+  codes: [Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED],
+};
+
+/** A CallRetryOptions with its defaults filled in. */
+class RetryPlan {
+  private readonly options: Required<CallRetryOptions>;
+
+  constructor(options: CallRetryOptions) {
+    this.options = { ...DEFAULT_CALL_RETRY, ...options };
+    if (!(Number.isInteger(this.options.attempts) && this.options.attempts >= 1)) {
+      throw new RangeError("callRetry.attempts must be an integer of at least 1");
+    }
+  }
+
+  /** Whether a failure is one this plan retries. */
+  retries(err: unknown): boolean {
+    return err instanceof HighwaterError && this.options.codes.includes(err.code);
+  }
+
+  /** The waits before the second, third... attempt. */
+  *delays(): Generator<number, void, undefined> {
+    let delay = this.options.initialDelayMs;
+    for (let attempt = 1; attempt < this.options.attempts; attempt += 1) {
+      yield delay * (0.5 + Math.random() / 2);
+      delay = Math.min(delay * this.options.multiplier, this.options.maxDelayMs);
+    }
+  }
+}
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
 /** The deadline of each unary call unless `callTimeoutMs` says otherwise. */
 export const DEFAULT_CALL_TIMEOUT_MS = 30_000;
 
@@ -261,6 +316,11 @@ export interface ClientOptions {
   /** @grpc/grpc-js channel options, such as `grpc.keepalive_time_ms`, over DEFAULT_CHANNEL_OPTIONS. */
   channelOptions?: ChannelOptions;
   /**
+   * How calls that are safe to repeat are retried after UNAVAILABLE or DEADLINE_EXCEEDED
+   * (docs/CLIENTS.md, "Retries"): over DEFAULT_CALL_RETRY; `false` for no retries.
+   */
+  callRetry?: CallRetryOptions | false;
+  /**
    * Deadline of each unary call, in milliseconds (default 30,000: DEFAULT_CALL_TIMEOUT_MS);
    * `null` for none. Streamed reads and subscriptions have no deadline.
    */
@@ -281,10 +341,13 @@ export class RebuildFailedError extends Error {
  * stream).
  */
 export class ReadResult implements AsyncIterable<RecordedEvent> {
-  constructor(private readonly open: () => ClientReadableStream<{ event?: RecordedEvent | undefined }>) {}
+  constructor(
+    private readonly open: () => ClientReadableStream<{ event?: RecordedEvent | undefined }>,
+    private readonly retry?: RetryPlan,
+  ) {}
 
   async *[Symbol.asyncIterator](): AsyncIterator<RecordedEvent> {
-    for await (const message of iterateCall(this.open())) {
+    for await (const message of iterateRetrying(this.open, this.retry)) {
       if (message.event) {
         yield message.event;
       }
@@ -307,6 +370,7 @@ export class Client {
   private readonly adminService: AdminServiceClient;
   private readonly generic: GrpcClient;
   private readonly callTimeoutMs: number | undefined;
+  private readonly retry: RetryPlan | undefined;
 
   /**
    * @param address `host:port` of the server, `127.0.0.1:50051` by default; `https://host:port`
@@ -322,6 +386,7 @@ export class Client {
     this.adminService = new AdminServiceClient(target, creds, shared);
     this.generic = new GrpcClient(target, creds, shared);
     this.callTimeoutMs = options.callTimeoutMs === null ? undefined : options.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS;
+    this.retry = options.callRetry === false ? undefined : new RetryPlan(options.callRetry ?? {});
   }
 
   /** Closes the channel; calls in flight fail with CANCELLED or UNAVAILABLE. */
@@ -340,7 +405,9 @@ export class Client {
       expected: toExpected(options.expectedRevision),
       events: events.map(toProposedEvent),
     };
-    return unary<AppendResponse>((cb) => this.eventStore.append(request, new Metadata(), this.unaryOptions(), cb));
+    // Safe to repeat only if the server can recognise the events again by their ids.
+    const retry = request.events.every((event) => event.id !== "") ? this.retry : undefined;
+    return unary<AppendResponse>((cb) => this.eventStore.append(request, new Metadata(), this.unaryOptions(), cb), retry);
   }
 
   /**
@@ -373,7 +440,7 @@ export class Client {
       maxCount: options.limit === undefined ? 0n : toUint64(options.limit, "limit"),
       fromLatestSnapshot: false,
     };
-    return new ReadResult(() => this.eventStore.readStream(request));
+    return new ReadResult(() => this.eventStore.readStream(request), this.retry);
   }
 
   /**
@@ -391,7 +458,8 @@ export class Client {
       contentType: snapshot.contentType ?? "",
     };
     const response = await unary<SaveSnapshotResponse>((cb) =>
-      this.eventStore.saveSnapshot(request, new Metadata(), this.unaryOptions(), cb)
+      this.eventStore.saveSnapshot(request, new Metadata(), this.unaryOptions(), cb),
+      this.retry,
     );
     return required(response.snapshot, "snapshot");
   }
@@ -401,7 +469,7 @@ export class Client {
     const request = { stream, fromRevision: 0n, direction: Direction.DIRECTION_FORWARDS, maxCount: 0n, fromLatestSnapshot: true };
     let snapshot: Snapshot | undefined;
     const events: RecordedEvent[] = [];
-    for await (const message of iterateCall<ReadStreamResponse>(this.eventStore.readStream(request))) {
+    for await (const message of iterateRetrying<ReadStreamResponse>(() => this.eventStore.readStream(request), this.retry)) {
       if (message.snapshot) {
         snapshot = message.snapshot;
       } else if (message.event) {
@@ -460,7 +528,7 @@ export class Client {
       direction: backwards ? Direction.DIRECTION_BACKWARDS : Direction.DIRECTION_FORWARDS,
       maxCount: options.limit === undefined ? 0n : toUint64(options.limit, "limit"),
     };
-    return new ReadResult(() => this.eventStore.readAll(request));
+    return new ReadResult(() => this.eventStore.readAll(request), this.retry);
   }
 
   /**
@@ -523,7 +591,8 @@ export class Client {
   async saveCheckpoint(subscription: string, position: Uint64Input): Promise<bigint> {
     const request = { subscription, position: toUint64(position, "position") };
     const response = await unary<{ position: bigint }>((cb) =>
-      this.eventStore.saveCheckpoint(request, new Metadata(), this.unaryOptions(), cb)
+      this.eventStore.saveCheckpoint(request, new Metadata(), this.unaryOptions(), cb),
+      this.retry,
     );
     return response.position;
   }
@@ -531,7 +600,8 @@ export class Client {
   /** Every durable subscription with its checkpoint and lag, by name. */
   async listSubscriptions(): Promise<SubscriptionInfo[]> {
     const response = await unary<{ subscriptions: SubscriptionInfo[] }>((cb) =>
-      this.eventStore.listSubscriptions({}, new Metadata(), this.unaryOptions(), cb)
+      this.eventStore.listSubscriptions({}, new Metadata(), this.unaryOptions(), cb),
+      this.retry,
     );
     return response.subscriptions;
   }
@@ -580,7 +650,8 @@ export class Client {
   /** One projection's status; NOT_FOUND for an unknown one. */
   async getProjection(name: string): Promise<ProjectionInfo> {
     const response = await unary<{ projection?: ProjectionInfo | undefined }>((cb) =>
-      this.adminService.getProjection({ name }, new Metadata(), this.unaryOptions(), cb)
+      this.adminService.getProjection({ name }, new Metadata(), this.unaryOptions(), cb),
+      this.retry,
     );
     return required(response.projection, "projection");
   }
@@ -588,7 +659,8 @@ export class Client {
   /** Every projection with its status, by name. */
   async listProjections(): Promise<ProjectionInfo[]> {
     const response = await unary<{ projections: ProjectionInfo[] }>((cb) =>
-      this.adminService.listProjections({}, new Metadata(), this.unaryOptions(), cb)
+      this.adminService.listProjections({}, new Metadata(), this.unaryOptions(), cb),
+      this.retry,
     );
     return response.projections;
   }
@@ -602,7 +674,8 @@ export class Client {
       limit: options.limit ?? 0,
     };
     const response = await unary<{ messages: SystemMessage[] }>((cb) =>
-      this.adminService.listSystemMessages(request, new Metadata(), this.unaryOptions(), cb)
+      this.adminService.listSystemMessages(request, new Metadata(), this.unaryOptions(), cb),
+      this.retry,
     );
     return response.messages;
   }
@@ -621,7 +694,8 @@ export class Client {
   async hardDeleteStream(stream: string, options: DeleteStreamOptions = {}): Promise<HardDeleteResult> {
     const request = { stream, expected: toExpected(options.expectedRevision) };
     return unary<HardDeleteStreamResponse>((cb) =>
-      this.adminService.hardDeleteStream(request, new Metadata(), this.unaryOptions(), cb)
+      this.adminService.hardDeleteStream(request, new Metadata(), this.unaryOptions(), cb),
+      this.retry,
     );
   }
 
@@ -648,7 +722,8 @@ export class Client {
         new Metadata(),
         this.unaryOptions(),
         cb,
-      )
+      ),
+      this.retry,
     );
   }
 
@@ -734,10 +809,46 @@ export function eventJson<T = unknown>(event: Pick<RecordedEvent, "data">): T {
   return JSON.parse(Buffer.from(event.data).toString("utf8")) as T;
 }
 
-function unary<T>(invoke: (callback: (error: ServiceError | null, response?: T) => void) => unknown): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    invoke((error, response) => (error ? reject(toHighwaterError(error)) : resolve(response as T)));
-  });
+/** A unary call; with `retry`, made again after a failure the plan retries (the call is safe to repeat). */
+async function unary<T>(
+  invoke: (callback: (error: ServiceError | null, response?: T) => void) => unknown,
+  retry?: RetryPlan,
+): Promise<T> {
+  const delays = retry?.delays();
+  for (;;) {
+    try {
+      return await new Promise<T>((resolve, reject) => {
+        invoke((error, response) => (error ? reject(toHighwaterError(error)) : resolve(response as T)));
+      });
+    } catch (err) {
+      const delay = delays !== undefined && retry!.retries(err) ? delays.next() : undefined;
+      if (delay === undefined || delay.done) {
+        throw err;
+      }
+      await sleep(delay.value);
+    }
+  }
+}
+
+/** A streamed read; with `retry`, opened again after a retried failure before its first message. */
+async function* iterateRetrying<T>(open: () => ClientReadableStream<T>, retry?: RetryPlan): AsyncGenerator<T, void, undefined> {
+  const delays = retry?.delays();
+  for (;;) {
+    let received = false;
+    try {
+      for await (const message of iterateCall(open())) {
+        received = true;
+        yield message;
+      }
+      return;
+    } catch (err) {
+      const delay = !received && delays !== undefined && retry!.retries(err) ? delays.next() : undefined;
+      if (delay === undefined || delay.done) {
+        throw err;
+      }
+      await sleep(delay.value);
+    }
+  }
 }
 
 /** Iterates a server-streaming call, turning its error into a HighwaterError and cancelling it when left early. */

@@ -3,8 +3,10 @@
 export {
   type AppendOptions,
   type AppendResult,
+  type CallRetryOptions,
   Client,
   type ClientOptions,
+  DEFAULT_CALL_RETRY,
   DEFAULT_CALL_TIMEOUT_MS,
   DEFAULT_CHANNEL_OPTIONS,
   type DeleteStreamOptions,
