@@ -22,6 +22,7 @@ use crate::{
         message_limit::MessageLimit,
         middleware::AroundLayer,
         request_id::RequestId,
+        rpc_metrics::{CountCalls, RpcMetrics},
     },
     pb::{
         self, admin_service_server::AdminServiceServer,
@@ -180,6 +181,11 @@ impl Application {
         let (health, health_service) = tonic_health::server::health_reporter();
         set_health(&health, ServingStatus::NotServing).await;
         let ready_core = ReadyCore::default();
+        // Per-RPC series, shared by the gRPC layer that counts and the metrics endpoint.
+        let rpc_metrics = Arc::new(RpcMetrics::new(&[
+            pb::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+        ]));
         // First, so that a server that cannot be built (a TLS file that does not parse) leaves
         // no task behind.
         let server = serve_grpc(
@@ -188,6 +194,7 @@ impl Application {
             &settings,
             health_service,
             &ready_core,
+            &rpc_metrics,
             &tasks,
         );
         let mut server = match server {
@@ -202,7 +209,7 @@ impl Application {
             forward_shutdown(shutdown, stop_sender.clone()),
         );
         if let Some(metrics_listener) = metrics_listener {
-            serve_metrics(metrics_listener, &ready_core, &tasks);
+            serve_metrics(metrics_listener, &ready_core, &rpc_metrics, &tasks);
         }
 
         let started = start_serving(
@@ -279,13 +286,23 @@ async fn forward_shutdown(
 }
 
 /// Serves Prometheus metrics on `listener` until shutdown.
-fn serve_metrics(listener: TcpListener, ready_core: &ReadyCore, tasks: &Tasks) {
+fn serve_metrics(
+    listener: TcpListener,
+    ready_core: &ReadyCore,
+    rpc_metrics: &Arc<RpcMetrics>,
+    tasks: &Tasks,
+) {
     if let Ok(metrics_address) = listener.local_addr() {
         info!(%metrics_address, "serving metrics at /metrics");
     }
     tasks.spawn(
         "metrics",
-        crate::http::metrics::serve(listener, ready_core.clone(), tasks.stop()),
+        crate::http::metrics::serve(
+            listener,
+            ready_core.clone(),
+            rpc_metrics.clone(),
+            tasks.stop(),
+        ),
     );
 }
 
@@ -302,6 +319,7 @@ fn serve_grpc(
         impl tonic_health::pb::health_server::Health,
     >,
     ready_core: &ReadyCore,
+    rpc_metrics: &Arc<RpcMetrics>,
     tasks: &Tasks,
 ) -> ServerResult<GrpcServer> {
     let address = listener
@@ -345,8 +363,9 @@ fn serve_grpc(
     let authenticated = security.tokens.is_some();
     let idle_timeout = settings.idle_timeout;
     let server = builder
-        // Outermost first: every call counts as activity, refused ones too; refusals are
-        // logged and answered with the request id.
+        // Outermost first: every call is counted and counts as activity, refused ones too;
+        // refusals are logged and answered with the request id.
+        .layer(AroundLayer(CountCalls(rpc_metrics.clone())))
         .layer(AroundLayer(IdleTracking))
         .layer(AroundLayer(RequestId))
         .layer(AroundLayer(Authenticate::new(security.tokens)))

@@ -8,4 +8,5 @@ pub mod idle;
 pub mod message_limit;
 pub mod middleware;
 pub mod request_id;
+pub mod rpc_metrics;
 pub mod status;

@@ -7,7 +7,9 @@ use axum::{Router, http::header, routing::get};
 use tokio::{net::TcpListener, sync::watch};
 use tracing::warn;
 
-use crate::services::ReadyCore;
+use std::sync::Arc;
+
+use crate::{grpc::rpc_metrics::RpcMetrics, services::ReadyCore};
 use highwater_core::{
     metrics::{RECORDED, gauge_header, sample},
     projection::rebuild::Phase,
@@ -15,18 +17,27 @@ use highwater_core::{
 };
 
 /// Serves `/metrics` until `stop`.
-pub async fn serve(listener: TcpListener, core: ReadyCore, stop: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    core: ReadyCore,
+    rpc_metrics: Arc<RpcMetrics>,
+    stop: watch::Receiver<bool>,
+) {
     let app = Router::new().route(
         "/metrics",
         get(move || {
             let core = core.clone();
+            let rpc_metrics = rpc_metrics.clone();
             async move {
+                let mut out = render(&core).await;
+                rpc_metrics.render(&mut out);
+                super::process::render(&mut out);
                 (
                     [(
                         header::CONTENT_TYPE,
                         "text/plain; version=0.0.4; charset=utf-8",
                     )],
-                    render(&core).await,
+                    out,
                 )
             }
         }),

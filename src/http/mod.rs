@@ -1,3 +1,4 @@
-//! The HTTP adapter: the Prometheus endpoint.
+//! The HTTP adapter: the Prometheus endpoint (the server's series, per-RPC series, process series).
 
 pub mod metrics;
+pub mod process;

@@ -112,3 +112,116 @@ async fn metrics_count_appends_and_show_subscription_and_projection_lag() {
     assert_eq!(value(&after, "highwater_metrics_scrape_errors"), 0.0);
     assert!(after.contains("# TYPE highwater_append_duration_seconds histogram"));
 }
+
+/// Per-RPC series: started, handled by code, time and in flight, per method; a stream is in
+/// flight until it ends, and one the client drops is CANCELLED.
+#[tokio::test]
+async fn every_rpc_is_counted_by_method_and_code_and_process_metrics_are_served() {
+    let mut app = TestApp::spawn_with(&["--metrics-listen", "127.0.0.1:0"]).await;
+    let address = app.server.metrics.expect("a metrics address");
+    for n in 0..2 {
+        app.append(append_request(
+            "counted",
+            None,
+            vec![json_event("E", &n.to_string())],
+        ))
+        .await
+        .unwrap();
+    }
+    let invalid = app
+        .append(append_request("", None, vec![json_event("E", "{}")]))
+        .await;
+    assert_eq!(invalid.unwrap_err().code(), tonic::Code::InvalidArgument);
+    let missing = app
+        .read_stream("missing", 0, pb::Direction::Forwards, 0)
+        .await;
+    assert_eq!(missing.unwrap_err().code(), tonic::Code::NotFound);
+    assert_eq!(app.read_all().await.len(), 2);
+
+    let store = r#"grpc_service="highwater.v1.EventStoreService""#;
+    let series = |name: &str, method: &str, code: Option<&str>| match code {
+        Some(code) => format!(r#"{name}{{{store},grpc_method="{method}",grpc_code="{code}"}}"#),
+        None => format!(r#"{name}{{{store},grpc_method="{method}"}}"#),
+    };
+    let mut subscription = app
+        .client
+        .subscribe_all(pb::SubscribeAllRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    subscription.message().await.unwrap();
+    let (_, open) = scrape(address).await;
+    assert_eq!(
+        value(
+            &open,
+            &series("grpc_server_in_flight", "SubscribeAll", None)
+        ),
+        1.0
+    );
+    drop(subscription);
+
+    let handled = |body: &str, method, code| {
+        value(
+            body,
+            &series("grpc_server_handled_total", method, Some(code)),
+        )
+    };
+    let mut body = String::new();
+    for _ in 0..100 {
+        body = scrape(address).await.1;
+        if body.contains(&series(
+            "grpc_server_handled_total",
+            "SubscribeAll",
+            Some("CANCELLED"),
+        )) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(handled(&body, "Append", "OK"), 2.0);
+    assert_eq!(handled(&body, "Append", "INVALID_ARGUMENT"), 1.0);
+    assert_eq!(handled(&body, "ReadStream", "NOT_FOUND"), 1.0);
+    assert_eq!(handled(&body, "ReadAll", "OK"), 1.0);
+    assert_eq!(handled(&body, "SubscribeAll", "CANCELLED"), 1.0);
+    assert_eq!(
+        value(&body, &series("grpc_server_started_total", "Append", None)),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &body,
+            &series("grpc_server_in_flight", "SubscribeAll", None)
+        ),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &body,
+            &series("grpc_server_handling_seconds_count", "Append", None)
+        ),
+        3.0
+    );
+    assert!(
+        body.contains("# TYPE grpc_server_handling_seconds histogram"),
+        "{body}"
+    );
+    // Health checks are counted under their own service; a method no one serves is not a label.
+    assert!(
+        body.contains(r#"grpc_service="grpc.health.v1.Health",grpc_method="Check""#),
+        "{body}"
+    );
+    assert!(
+        body.contains(r#"grpc_server_started_total{grpc_service="other",grpc_method="other"}"#),
+        "{body}"
+    );
+
+    for name in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+    ] {
+        assert!(value(&body, name) > 0.0, "{name}");
+    }
+}

@@ -4,4 +4,4 @@
 
 mod registry;
 
-pub use registry::{RECORDED, gauge_header, increment, sample};
+pub use registry::{Histogram, RECORDED, family_header, gauge_header, increment, sample};

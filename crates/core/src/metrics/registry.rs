@@ -25,6 +25,11 @@ pub struct Histogram {
 }
 
 impl Histogram {
+    /// A histogram of durations, in seconds.
+    pub const fn seconds() -> Self {
+        Self::new(SECONDS_BOUNDS)
+    }
+
     const fn new(bounds: &'static [f64]) -> Self {
         Self {
             bounds,
@@ -49,15 +54,33 @@ impl Histogram {
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        self.render_series(out, name, &[]);
+    }
+
+    /// The histogram's samples with `labels` (after a `histogram_header`).
+    pub fn render_series(&self, out: &mut String, name: &str, labels: &[(&str, &str)]) {
+        let prefix: String = labels
+            .iter()
+            .map(|(key, value)| format!("{key}=\"{}\",", escape(value)))
+            .collect();
         let mut cumulative = 0;
         for (i, bound) in self.bounds.iter().enumerate() {
             cumulative += self.counts[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+            let _ = writeln!(out, "{name}_bucket{{{prefix}le=\"{bound}\"}} {cumulative}");
         }
         cumulative += self.counts[self.bounds.len()].load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let _ = writeln!(out, "{name}_bucket{{{prefix}le=\"+Inf\"}} {cumulative}");
         let sum = f64::from_bits(self.sum.load(Ordering::Relaxed));
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+        let labels = prefix.trim_end_matches(',');
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(
+            out,
+            "{name}_sum{braces} {sum}\n{name}_count{braces} {cumulative}"
+        );
     }
 }
 
@@ -146,6 +169,11 @@ pub fn counter(out: &mut String, name: &str, help: &str, value: u64) {
     );
 }
 
+/// Starts a family of the given type (`counter`, `gauge`, `histogram`): its HELP and TYPE lines.
+pub fn family_header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
 /// Starts a gauge family: its HELP and TYPE lines.
 pub fn gauge_header(out: &mut String, name: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
@@ -191,6 +219,19 @@ mod tests {
         assert!(out.contains("h_bucket{le=\"10\"} 3\n"), "{out}");
         assert!(out.contains("h_bucket{le=\"+Inf\"} 4\n"), "{out}");
         assert!(out.contains("h_sum 55.5\nh_count 4\n"), "{out}");
+    }
+
+    #[test]
+    fn a_labelled_histogram_puts_its_labels_before_le() {
+        let histogram = Histogram::new(&[1.0]);
+        histogram.observe(0.5);
+        let mut out = String::new();
+        histogram.render_series(&mut out, "h", &[("m", "A")]);
+        assert_eq!(
+            out,
+            "h_bucket{m=\"A\",le=\"1\"} 1\nh_bucket{m=\"A\",le=\"+Inf\"} 1\n\
+             h_sum{m=\"A\"} 0.5\nh_count{m=\"A\"} 1\n"
+        );
     }
 
     #[test]
