@@ -52,6 +52,50 @@ async fn reflection_lists_the_event_store() {
     );
 }
 
+/// The google.rpc error details the errors carry are served too, so that generic tools (grpcurl,
+/// Postman) can decode an `ErrorInfo` or a `BadRequest`.
+#[tokio::test]
+async fn reflection_serves_the_error_detail_types() {
+    use prost::Message;
+
+    let app = TestApp::spawn().await;
+    let mut client = ServerReflectionClient::new(
+        tonic::transport::Channel::from_shared(app.server.endpoint())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    for symbol in [
+        "google.rpc.ErrorInfo",
+        "google.rpc.BadRequest",
+        "highwater.v1.Snapshot",
+    ] {
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(symbol.into())),
+        };
+        let response = client
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner()
+            .message()
+            .await
+            .unwrap()
+            .expect("one reflection response");
+        let Some(MessageResponse::FileDescriptorResponse(files)) = response.message_response else {
+            panic!("{symbol}: unexpected reflection response: {response:?}");
+        };
+        let (package, message) = symbol.rsplit_once('.').unwrap();
+        let found = files.file_descriptor_proto.iter().any(|bytes| {
+            let file = prost_types::FileDescriptorProto::decode(bytes.as_slice()).unwrap();
+            file.package() == package && file.message_type.iter().any(|m| m.name() == message)
+        });
+        assert!(found, "{symbol} not in the files served");
+    }
+}
+
 #[tokio::test]
 async fn an_acknowledged_append_survives_a_graceful_shutdown_and_restart() {
     let mut app = TestApp::spawn().await;
