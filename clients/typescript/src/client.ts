@@ -26,7 +26,7 @@ import {
   RebuildProgress_Phase,
   RebuildStrategy,
   type SystemMessage,
-} from "./gen/highwater/v1/admin";
+} from "./gen/highwater/v1/admin.js";
 import {
   type AppendResponse,
   type DeleteStreamResponse,
@@ -41,12 +41,12 @@ import {
   type SubscribeAllRequest,
   type SubscribeStreamRequest,
   type SubscriptionInfo,
-} from "./gen/highwater/v1/event_store";
+} from "./gen/highwater/v1/event_store.js";
 import { randomUUID } from "node:crypto";
-import { HighwaterError, NotFoundError, toHighwaterError } from "./errors";
-import { decodeHealthCheckResponse, encodeHealthCheckRequest, HEALTH_CHECK_PATH, type ServingStatus } from "./health";
-import { Subscription, type SubscriptionOptions } from "./subscription";
-import { toUint64, U64_MAX, type Uint64Input } from "./uint64";
+import { HighwaterError, NotFoundError, toHighwaterError } from "./errors.js";
+import { decodeHealthCheckResponse, encodeHealthCheckRequest, HEALTH_CHECK_PATH, type ServingStatus } from "./health.js";
+import { Subscription, type SubscriptionOptions } from "./subscription.js";
+import { toUint64, U64_MAX, type Uint64Input } from "./uint64.js";
 
 /** The expected state of a stream before an append or a delete. */
 export type ExpectedRevision =

@@ -29,7 +29,7 @@ export {
   type SubscribeAllOptions,
   type SubscribeStreamOptions,
   type TlsOptions,
-} from "./client";
+} from "./client.js";
 export {
   AlreadyExistsError,
   FailedPreconditionError,
@@ -42,16 +42,16 @@ export {
   UnauthenticatedError,
   UnavailableError,
   WrongExpectedRevisionError,
-} from "./errors";
-export type { ServingStatus } from "./health";
+} from "./errors.js";
+export type { ServingStatus } from "./health.js";
 export {
   type ReconnectOptions,
   Subscription,
   type SubscriptionHooks,
   type SubscriptionOptions,
-} from "./subscription";
-export { toUint64, U64_MAX, type Uint64Input } from "./uint64";
-export type { RecordedEvent, Snapshot, SubscriptionInfo } from "./gen/highwater/v1/event_store";
+} from "./subscription.js";
+export { toUint64, U64_MAX, type Uint64Input } from "./uint64.js";
+export type { RecordedEvent, Snapshot, SubscriptionInfo } from "./gen/highwater/v1/event_store.js";
 export {
   type ProjectionDefinition,
   type ProjectionInfo,
@@ -59,4 +59,4 @@ export {
   type RebuildProgress,
   RebuildProgress_Phase,
   type SystemMessage,
-} from "./gen/highwater/v1/admin";
+} from "./gen/highwater/v1/admin.js";

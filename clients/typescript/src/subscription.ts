@@ -4,8 +4,8 @@
 // that point. Events the server sends again are dropped, so every event is yielded once, in order.
 
 import { type ClientReadableStream, status as Status } from "@grpc/grpc-js";
-import type { RecordedEvent, SubscribeAllResponse } from "./gen/highwater/v1/event_store";
-import { HighwaterError, toHighwaterError } from "./errors";
+import type { RecordedEvent, SubscribeAllResponse } from "./gen/highwater/v1/event_store.js";
+import { HighwaterError, toHighwaterError } from "./errors.js";
 
 /** How a subscription reconnects after a dropped connection. */
 export interface ReconnectOptions {

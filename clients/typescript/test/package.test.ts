@@ -1,0 +1,34 @@
+// The package loads both ways its "exports" offer: `require` (CommonJS) and `import` (ES module),
+// with the same names, as a user's code would load it by name.
+
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { join } from "node:path";
+import { test } from "node:test";
+
+// dist/test/package.test.js -> the package's folder.
+const root = join(__dirname, "..", "..");
+
+function exported(script: string, type: "commonjs" | "module"): string[] {
+  const output = execFileSync(process.execPath, ["--input-type=" + type, "-e", script], { cwd: root, encoding: "utf8" });
+  return JSON.parse(output) as string[];
+}
+
+test("require and import give the same client", () => {
+  const required = exported(
+    "const m = require('@highwater/client'); console.log(JSON.stringify(Object.keys(m).sort()))",
+    "commonjs",
+  );
+  const imported = exported(
+    "const m = await import('@highwater/client'); console.log(JSON.stringify(Object.keys(m).sort()))",
+    "module",
+  );
+  assert.ok(required.includes("Client") && required.includes("NotFoundError"), required.join(","));
+  assert.deepEqual(imported, required);
+  const esm = exported(
+    "import { Client } from '@highwater/client'; const c = new Client('127.0.0.1:1'); " +
+      "console.log(JSON.stringify([typeof c.append, import.meta.url.startsWith('file:')])); c.close()",
+    "module",
+  );
+  assert.deepEqual(esm, ["function", true]);
+});
