@@ -1,0 +1,447 @@
+"""The asyncio client: `AsyncClient`, the surface of `Client` over `grpc.aio`, for asyncio
+applications (FastAPI, aiohttp...). Every call is a coroutine; reads and subscriptions are async
+iterators, and subscriptions resume after a dropped connection like `Client`'s.
+
+    from highwater_client import NewEvent
+    from highwater_client.aio import AsyncClient
+
+    async with AsyncClient("127.0.0.1:50051") as client:
+        await client.append("cart-1", NewEvent("ProductAdded", {"sku": "apple", "quantity": 2}))
+        async for event in client.read_stream("cart-1"):
+            print(event.revision, event.json())
+
+The rules for ids, retries, deadlines and errors are those of `Client` (docs/CLIENTS.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, List, Optional, Sequence, Tuple, TypeVar, Union
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ._proto.highwater.v1 import admin_pb2, admin_pb2_grpc, event_store_pb2, event_store_pb2_grpc
+from .client import (
+    _CHANNEL_OPTIONS,
+    U64_MAX,
+    CallRetry,
+    ExpectedRevision,
+    Pem,
+    RetryPolicy,
+    _direction,
+    _pem,
+    _set_expected,
+    _split_target,
+)
+from .errors import NotFound, Unavailable, from_rpc_error
+from .models import (
+    AppendResult,
+    Checkpoint,
+    HardDeleteResult,
+    LoadedAggregate,
+    NewEvent,
+    ProjectionInfo,
+    RebuildProgress,
+    RecordedEvent,
+    Snapshot,
+    SubscriptionInfo,
+    encode_data,
+)
+
+log = logging.getLogger("highwater_client")
+
+S = TypeVar("S")
+T = TypeVar("T")
+
+
+class AsyncClient:
+    """A connection to one Highwater server, for asyncio; the options are `Client`'s."""
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        token: Optional[str] = None,
+        tls_ca: Optional[Pem] = None,
+        tls_client_cert: Optional[Pem] = None,
+        tls_client_key: Optional[Pem] = None,
+        timeout: float = 30.0,
+        retry: Optional[RetryPolicy] = None,
+        call_retry: Optional[CallRetry] = None,
+    ):
+        self.target = target
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self.call_retry = call_retry or CallRetry()
+        if self.call_retry.attempts < 1:
+            raise ValueError("call_retry.attempts must be at least 1")
+        address, scheme_tls = _split_target(target)
+        ca = _pem(tls_ca, "tls_ca")
+        cert = _pem(tls_client_cert, "tls_client_cert")
+        key = _pem(tls_client_key, "tls_client_key")
+        if (cert is None) != (key is None):
+            raise ValueError("give tls_client_cert and tls_client_key together")
+        pem_given = ca is not None or cert is not None
+        if pem_given and scheme_tls is False:
+            raise ValueError(f"TLS options given for a plaintext target {target!r}")
+        self.tls = bool(scheme_tls) or pem_given
+        if self.tls:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=ca, private_key=key, certificate_chain=cert
+            )
+            self.channel = grpc.aio.secure_channel(address, credentials, options=_CHANNEL_OPTIONS)
+        else:
+            self.channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        self._metadata: Tuple[Tuple[str, str], ...] = ()
+        if token is not None:
+            if not token or any(not " " <= c <= "~" for c in token) or token != token.strip():
+                raise ValueError("token must be non-empty printable ASCII without surrounding spaces")
+            self._metadata = (("authorization", f"Bearer {token}"),)
+        self.event_store = event_store_pb2_grpc.EventStoreServiceStub(self.channel)
+        self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
+        self._health = health_pb2_grpc.HealthStub(self.channel)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _call(self, method: Callable[..., Awaitable[T]], request: Any, retry: bool = True) -> T:
+        """A unary call; `retry`: repeating it cannot change its outcome (see CallRetry)."""
+        waits = self.call_retry.waits() if retry else iter(())
+        while True:
+            try:
+                return await method(request, timeout=self.timeout, metadata=self._metadata)
+            except grpc.RpcError as e:
+                wait = next(waits, None) if e.code() in self.call_retry.codes else None
+                if wait is None:
+                    raise from_rpc_error(e) from None
+                log.debug("%s, retrying in %.3fs", e.code().name, wait)
+                await asyncio.sleep(wait)
+
+    async def _stream(self, open_call: Callable[[], Any], retry: bool = True) -> AsyncIterator[Any]:
+        """The messages of a streamed call, opened again (with `retry`) after a retryable failure
+        before the first message."""
+        waits = self.call_retry.waits() if retry else iter(())
+        while True:
+            call = open_call()
+            received = False
+            try:
+                async for message in call:
+                    received = True
+                    yield message
+                return
+            except grpc.RpcError as e:
+                wait = None if received or e.code() not in self.call_retry.codes else next(waits, None)
+                if wait is None:
+                    raise from_rpc_error(e) from None
+                await asyncio.sleep(wait)
+            finally:
+                call.cancel()
+
+    # --- Health ---------------------------------------------------------------------------------
+
+    async def health(self, service: str = "") -> str:
+        response = await self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service))
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    async def wait_until_ready(self, timeout: float = 30.0) -> None:
+        """Waits until the event store reports SERVING; raises Unavailable after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        last: object = None
+        while time.monotonic() < deadline:
+            try:
+                if await self.health("highwater.v1.EventStoreService") == "SERVING":
+                    return
+            except Exception as e:  # noqa: BLE001 - any failure means "not yet"
+                last = e
+            await asyncio.sleep(0.1)
+        raise Unavailable(f"server at {self.target} not ready after {timeout}s: {last}")
+
+    # --- Writing and reading (as Client's) ------------------------------------------------------
+
+    async def append(
+        self,
+        stream: str,
+        events: Union[NewEvent, Iterable[NewEvent]],
+        expected_revision: ExpectedRevision = "any",
+    ) -> AppendResult:
+        if isinstance(events, NewEvent):
+            events = [events]
+        request = event_store_pb2.AppendRequest(stream=stream, events=[e.to_proto() for e in events])
+        _set_expected(request, expected_revision)
+        r = await self._call(self.event_store.Append, request, retry=all(e.id for e in request.events))
+        return AppendResult(r.first_revision, r.last_revision, r.first_position, r.last_position)
+
+    async def delete_stream(self, stream: str, expected_revision: ExpectedRevision = "any") -> int:
+        request = event_store_pb2.DeleteStreamRequest(stream=stream)
+        _set_expected(request, expected_revision)
+        return (await self._call(self.event_store.DeleteStream, request, retry=False)).deleted_revision
+
+    async def hard_delete_stream(self, stream: str, expected_revision: ExpectedRevision = "any") -> HardDeleteResult:
+        request = admin_pb2.HardDeleteStreamRequest(stream=stream)
+        _set_expected(request, expected_revision)
+        r = await self._call(self.admin.HardDeleteStream, request)
+        return HardDeleteResult(r.deleted_revision, r.erased_events)
+
+    async def read_stream(
+        self,
+        stream: str,
+        from_revision: Optional[int] = None,
+        backwards: bool = False,
+        limit: Optional[int] = None,
+    ) -> AsyncIterator[RecordedEvent]:
+        if from_revision is None:
+            from_revision = U64_MAX if backwards else 0
+        request = event_store_pb2.ReadStreamRequest(
+            stream=stream, from_revision=from_revision, direction=_direction(backwards), max_count=limit or 0
+        )
+        async for message in self._stream(lambda: self.event_store.ReadStream(request, metadata=self._metadata)):
+            yield RecordedEvent.from_proto(message.event)
+
+    async def read_all(
+        self,
+        after_position: Optional[int] = None,
+        backwards: bool = False,
+        limit: Optional[int] = None,
+    ) -> AsyncIterator[RecordedEvent]:
+        if after_position is None:
+            after_position = U64_MAX if backwards else 0
+        request = event_store_pb2.ReadAllRequest(
+            after_position=after_position, direction=_direction(backwards), max_count=limit or 0
+        )
+        async for message in self._stream(lambda: self.event_store.ReadAll(request, metadata=self._metadata)):
+            yield RecordedEvent.from_proto(message.event)
+
+    async def head_position(self) -> int:
+        async for event in self.read_all(backwards=True, limit=1):
+            return event.position
+        return 0
+
+    # --- Snapshots (as Client's) ----------------------------------------------------------------
+
+    async def save_snapshot(self, stream: str, revision: int, type: str, data: Any, content_type: str = "") -> Snapshot:
+        request = event_store_pb2.SaveSnapshotRequest(
+            stream=stream, revision=revision, type=type, data=encode_data(data), content_type=content_type
+        )
+        return Snapshot.from_proto((await self._call(self.event_store.SaveSnapshot, request)).snapshot)
+
+    async def read_from_snapshot(self, stream: str) -> Tuple[Optional[Snapshot], List[RecordedEvent]]:
+        """The stream's latest snapshot (None if it has none) and the events after it."""
+        request = event_store_pb2.ReadStreamRequest(stream=stream, from_latest_snapshot=True)
+        snapshot: Optional[Snapshot] = None
+        events: List[RecordedEvent] = []
+        async for message in self._stream(lambda: self.event_store.ReadStream(request, metadata=self._metadata)):
+            if message.HasField("snapshot"):
+                snapshot = Snapshot.from_proto(message.snapshot)
+            else:
+                events.append(RecordedEvent.from_proto(message.event))
+        return snapshot, events
+
+    async def load_aggregate(
+        self,
+        stream: str,
+        fold: Callable[[S, RecordedEvent], S],
+        initial: S,
+        snapshot_type: str,
+        snapshot_every: Optional[int] = None,
+        encode: Callable[[S], Any] = lambda state: state,
+        decode: Callable[[Snapshot], S] = lambda snapshot: snapshot.json(),
+    ) -> LoadedAggregate:
+        if snapshot_every is not None and snapshot_every < 1:
+            raise ValueError("snapshot_every must be at least 1")
+        snapshot, events = await self.read_from_snapshot(stream)
+        if snapshot is not None and snapshot.type != snapshot_type:
+            snapshot = None
+            events = [event async for event in self.read_stream(stream)]
+        state = decode(snapshot) if snapshot is not None else initial
+        revision = snapshot.revision if snapshot is not None else None
+        for event in events:
+            state = fold(state, event)
+            revision = event.revision
+        if revision is None:
+            raise NotFound(f"stream {stream!r} has no events", grpc.StatusCode.NOT_FOUND)
+        saved = snapshot_every is not None and len(events) >= snapshot_every
+        if saved:
+            await self.save_snapshot(stream, revision, snapshot_type, encode(state))
+        return LoadedAggregate(
+            state=state,
+            revision=revision,
+            snapshot_revision=snapshot.revision if snapshot is not None else None,
+            events_folded=len(events),
+            saved_snapshot=saved,
+        )
+
+    # --- Subscriptions (as Client's) ------------------------------------------------------------
+
+    def subscribe_all(
+        self,
+        subscription: Optional[str] = None,
+        *,
+        after_position: Optional[int] = None,
+        from_end: bool = False,
+        stream_prefixes: Sequence[str] = (),
+        event_types: Sequence[str] = (),
+        checkpoint_interval: int = 0,
+        checkpoints: bool = False,
+        retry: Optional[RetryPolicy] = None,
+    ) -> "AsyncAllSubscription":
+        if sum((subscription is not None, after_position is not None, from_end)) > 1:
+            raise ValueError("give at most one of subscription, after_position and from_end")
+        return AsyncAllSubscription(
+            self,
+            subscription=subscription,
+            after_position=after_position,
+            from_end=from_end,
+            filter=event_store_pb2.Filter(stream_prefixes=list(stream_prefixes), event_types=list(event_types)),
+            checkpoint_interval=checkpoint_interval,
+            checkpoints=checkpoints,
+            retry=retry or self.retry,
+        )
+
+    async def save_checkpoint(self, subscription: str, position: int) -> int:
+        request = event_store_pb2.SaveCheckpointRequest(subscription=subscription, position=position)
+        return (await self._call(self.event_store.SaveCheckpoint, request)).position
+
+    async def list_subscriptions(self) -> List[SubscriptionInfo]:
+        r = await self._call(self.event_store.ListSubscriptions, event_store_pb2.ListSubscriptionsRequest())
+        return [SubscriptionInfo(s.name, s.position, s.lag) for s in r.subscriptions]
+
+    async def delete_subscription(self, subscription: str) -> None:
+        request = event_store_pb2.DeleteSubscriptionRequest(subscription=subscription)
+        await self._call(self.event_store.DeleteSubscription, request, retry=False)
+
+    # --- Projections (as Client's) --------------------------------------------------------------
+
+    async def rebuild(self, projection: str, in_place: bool = False) -> AsyncIterator[RebuildProgress]:
+        strategy = admin_pb2.REBUILD_STRATEGY_IN_PLACE if in_place else admin_pb2.REBUILD_STRATEGY_BLUE_GREEN
+        request = admin_pb2.AdminRebuildRequest(projection=projection, strategy=strategy)
+        async for message in self._stream(lambda: self.admin.AdminRebuild(request, metadata=self._metadata), retry=False):
+            yield RebuildProgress.from_proto(message.progress)
+
+    async def get_projection(self, name: str) -> ProjectionInfo:
+        request = admin_pb2.GetProjectionRequest(name=name)
+        return ProjectionInfo.from_proto((await self._call(self.admin.GetProjection, request)).projection)
+
+    async def list_projections(self) -> List[ProjectionInfo]:
+        r = await self._call(self.admin.ListProjections, admin_pb2.ListProjectionsRequest())
+        return [ProjectionInfo.from_proto(p) for p in r.projections]
+
+
+class AsyncAllSubscription:
+    """An async iterator over SubscribeAll that reconnects when the stream breaks, resuming after
+    the last position received, so it yields every event once, in order (as AllSubscription).
+    `position` is the last position received: the value to save as a checkpoint once processed."""
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        *,
+        subscription: Optional[str],
+        after_position: Optional[int],
+        from_end: bool,
+        filter: event_store_pb2.Filter,
+        checkpoint_interval: int,
+        checkpoints: bool,
+        retry: RetryPolicy,
+    ):
+        self._client = client
+        self.subscription = subscription
+        self.position: Optional[int] = after_position
+        self._from_end = from_end
+        self._filter = filter
+        self._checkpoint_interval = checkpoint_interval
+        self._checkpoints = checkpoints
+        self._retry = retry
+        self._closed = False
+        self._call: Any = None
+        self.caught_up = False
+        self.reconnects = 0
+        self._iterator = self._run()
+
+    def __aiter__(self) -> "AsyncAllSubscription":
+        return self
+
+    async def __anext__(self) -> Union[RecordedEvent, Checkpoint]:
+        return await self._iterator.__anext__()
+
+    async def __aenter__(self) -> "AsyncAllSubscription":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._call is not None:
+            self._call.cancel()
+        await self._iterator.aclose()
+
+    def _open(self) -> Any:
+        request = event_store_pb2.SubscribeAllRequest(filter=self._filter, checkpoint_interval=self._checkpoint_interval)
+        if self.position is None:
+            request.subscription = self.subscription or ""
+        else:
+            request.after_position = self.position
+        return self._client.event_store.SubscribeAll(request, metadata=self._client._metadata)
+
+    async def _run(self) -> AsyncIterator[Union[RecordedEvent, Checkpoint]]:
+        if self._from_end:
+            # Pinned to a position now, so that a reconnect cannot skip what committed meanwhile.
+            self.position = await self._client.head_position()
+        elif self.subscription is None and self.position is None:
+            self.position = 0
+        backoff = self._retry.initial_backoff
+        failing_since: Optional[float] = None
+        while not self._closed:
+            error: Optional[grpc.RpcError] = None
+            self._call = call = self._open()
+            try:
+                async for message in call:
+                    failing_since, backoff = None, self._retry.initial_backoff
+                    kind = message.WhichOneof("content")
+                    if kind == "event":
+                        if self.position is not None and message.event.position <= self.position:
+                            log.warning("dropped a repeated event at position %d", message.event.position)
+                            continue
+                        self.position = message.event.position
+                        yield RecordedEvent.from_proto(message.event)
+                    else:
+                        position = getattr(message, kind).position
+                        if kind != "checkpoint":
+                            self.caught_up = kind == "caught_up"
+                        if self.position is None or position > self.position:
+                            self.position = position
+                        if self._checkpoints:
+                            yield Checkpoint(position, kind)
+            except grpc.RpcError as e:
+                if self._closed:
+                    return
+                if e.code() not in self._retry.codes:
+                    raise from_rpc_error(e) from None
+                error = e
+            finally:
+                call.cancel()
+            if self._closed:
+                return
+            self.caught_up = False
+            now = time.monotonic()
+            failing_since = failing_since or now
+            limit = self._retry.give_up_after
+            if limit is not None and now - failing_since > limit:
+                if error is not None:
+                    raise from_rpc_error(error) from None
+                raise Unavailable("the server kept closing the subscription")
+            log.info("subscription interrupted (%s); reconnecting", error.code() if error else "closed")
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+            backoff = min(backoff * self._retry.multiplier, self._retry.max_backoff)
+            self.reconnects += 1
