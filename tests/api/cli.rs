@@ -483,3 +483,38 @@ async fn completions_are_printed_for_each_shell() {
         .unwrap();
     assert!(!refused.status.success());
 }
+
+#[tokio::test]
+async fn color_is_off_for_pipes_and_no_color_and_on_when_asked() {
+    let app = TestApp::spawn().await;
+    let server = app.server.endpoint();
+    let health = |color: &'static str, no_color: bool| {
+        let mut command = command(&server, &["health", "--color", color]);
+        if no_color {
+            command.env("NO_COLOR", "1");
+        } else {
+            command.env_remove("NO_COLOR");
+        }
+        command
+    };
+    let output = |mut command: Command| async move { command.output().await.unwrap() };
+    let always = output(health("always", true)).await;
+    assert_eq!(
+        String::from_utf8(always.stdout).unwrap(),
+        "\x1b[32mSERVING\x1b[0m\n"
+    );
+    for (choice, no_color) in [("auto", false), ("auto", true), ("never", false)] {
+        let plain = output(health(choice, no_color)).await;
+        assert_eq!(
+            String::from_utf8(plain.stdout).unwrap(),
+            "SERVING\n",
+            "--color {choice}"
+        );
+    }
+    let failed = output(command(&server, &["read", "missing", "--color", "always"])).await;
+    let stderr = String::from_utf8(failed.stderr).unwrap();
+    assert!(
+        stderr.starts_with("\x1b[31merror\x1b[0m: NOT_FOUND"),
+        "{stderr}"
+    );
+}

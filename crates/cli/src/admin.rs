@@ -5,7 +5,9 @@ use serde_json::{Value, json};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client};
 
 use super::{
-    CliError, CliResult, ClientArgs, Connection, connect,
+    CliError, CliResult, ClientArgs, Connection,
+    color::{self, Paint},
+    connect,
     progress::{ProgressDisplay, phase_name, thousands},
     render::{self, Table, timestamp},
 };
@@ -296,7 +298,12 @@ pub async fn health(args: HealthArgs) -> CliResult {
     if args.client.json {
         render::json_line(&json!({ "service": args.service, "status": name }))?;
     } else {
-        render::line(name)?;
+        let paint = if status == ServingStatus::Serving {
+            Paint::Green
+        } else {
+            Paint::Red
+        };
+        render::line(&color::stdout(paint, name))?;
     }
     if status == ServingStatus::Serving {
         Ok(())

@@ -3,6 +3,7 @@
 //! the gRPC code and the server's message and exit non-zero.
 
 mod admin;
+mod color;
 mod deletion;
 mod events;
 mod progress;
@@ -11,6 +12,8 @@ mod render;
 use std::{fmt, process::ExitCode};
 
 use clap::{Args, Subcommand};
+pub use color::ColorChoice;
+use color::Paint;
 use tonic::{
     Code, Request, Status,
     metadata::{Ascii, MetadataValue},
@@ -37,6 +40,11 @@ pub struct ClientArgs {
     /// Print JSON (one object per line) instead of tables.
     #[arg(long)]
     pub json: bool,
+
+    /// Colour the output for people: auto (on a terminal, unless NO_COLOR is set), always or
+    /// never.
+    #[arg(long, value_enum, env = "HIGHWATER_COLOR", default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
 
     /// Bearer token sent with every call (`highwater token` makes them).
     #[arg(long, env = "HIGHWATER_TOKEN", hide_env_values = true)]
@@ -140,6 +148,11 @@ pub type CliResult<T = ()> = Result<T, CliError>;
 
 /// Runs a client subcommand; prints its error (if any) on standard error.
 pub async fn run(command: ClientCommand) -> ExitCode {
+    color::init(
+        command
+            .client_args()
+            .map_or(ColorChoice::Auto, |args| args.color),
+    );
     let result = match command {
         ClientCommand::Append(args) => events::append(args).await,
         ClientCommand::Read(args) => events::read(args).await,
@@ -159,8 +172,27 @@ pub async fn run(command: ClientCommand) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!("error: {error}");
+            eprintln!("{}: {error}", color::stderr(Paint::Red, "error"));
             ExitCode::FAILURE
+        }
+    }
+}
+
+impl ClientCommand {
+    /// The connection and output options, for the commands that have them.
+    fn client_args(&self) -> Option<&ClientArgs> {
+        match self {
+            ClientCommand::Append(args) => Some(&args.client),
+            ClientCommand::Read(args) => Some(&args.client),
+            ClientCommand::ReadAll(args) => Some(&args.client),
+            ClientCommand::Tail(args) => Some(&args.client),
+            ClientCommand::DeleteStream(args) => Some(&args.client),
+            ClientCommand::Rebuild(args) => Some(&args.client),
+            ClientCommand::Projections(args) => Some(args),
+            ClientCommand::Projection(args) => Some(&args.client),
+            ClientCommand::Subscriptions(args) => Some(args),
+            ClientCommand::Health(args) => Some(&args.client),
+            ClientCommand::Token(_) => None,
         }
     }
 }

@@ -77,7 +77,11 @@ pub fn phase_name(phase: Phase) -> &'static str {
 /// One line: phase, bar, events, rate and time left.
 fn describe(progress: &pb::RebuildProgress) -> String {
     let phase = progress.phase();
-    let name = phase_name(phase);
+    let name = match phase {
+        Phase::Done => crate::color::stdout(crate::color::Paint::Green, phase_name(phase)),
+        Phase::Failed => crate::color::stdout(crate::color::Paint::Red, phase_name(phase)),
+        _ => phase_name(phase).to_string(),
+    };
     match phase {
         Phase::Failed => format!("{name}: {}", progress.error),
         Phase::Done => format!(
