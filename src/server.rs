@@ -185,6 +185,8 @@ impl Application {
         let rpc_metrics = Arc::new(RpcMetrics::new(&[
             pb::FILE_DESCRIPTOR_SET,
             tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
         ]));
         // First, so that a server that cannot be built (a TLS file that does not parse) leaves
         // no task behind.

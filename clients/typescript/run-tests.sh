@@ -36,7 +36,7 @@ trap 'rm -rf "$packed"' EXIT
 npm pack --silent --pack-destination "$packed" > /dev/null
 contents="$(tar tzf "$packed"/highwater-client-*.tgz)"
 for file in package/dist/src/index.js package/dist/src/index.d.ts package/dist/src/gen/highwater/v1/event_store.js \
-    package/dist/esm/src/index.js package/dist/esm/src/index.d.ts package/dist/esm/package.json; do
+    package/dist/esm/index.mjs package/dist/esm/index.d.mts; do
     grep -qx "$file" <<< "$contents" || { echo "npm pack lacks $file" >&2; exit 1; }
 done
 echo "npm pack holds the built client and its generated code"

@@ -211,6 +211,12 @@ async fn every_rpc_is_counted_by_method_and_code_and_process_metrics_are_served(
         "{body}"
     );
     assert!(
+        body.contains(
+            r#"grpc_service="grpc.reflection.v1.ServerReflection",grpc_method="ServerReflectionInfo""#
+        ),
+        "{body}"
+    );
+    assert!(
         body.contains(r#"grpc_server_started_total{grpc_service="other",grpc_method="other"}"#),
         "{body}"
     );

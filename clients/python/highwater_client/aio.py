@@ -363,6 +363,7 @@ class AsyncAllSubscription:
         self._checkpoints = checkpoints
         self._retry = retry
         self._closed = False
+        self._started = False
         self._call: Any = None
         self.caught_up = False
         self.reconnects = 0
@@ -372,7 +373,14 @@ class AsyncAllSubscription:
         return self
 
     async def __anext__(self) -> Union[RecordedEvent, Checkpoint]:
-        return await self._iterator.__anext__()
+        try:
+            return await self._iterator.__anext__()
+        except asyncio.CancelledError:
+            if not self._closed:
+                # A cancelled wait (asyncio.wait_for's timeout, a cancelled task) ended the
+                # generator: the next wait resumes from `position`, losing nothing.
+                self._iterator = self._run()
+            raise
 
     async def __aenter__(self) -> "AsyncAllSubscription":
         return self
@@ -381,10 +389,12 @@ class AsyncAllSubscription:
         await self.close()
 
     async def close(self) -> None:
+        """Stops the subscription; an iteration in progress (in another task) ends cleanly."""
         self._closed = True
         if self._call is not None:
             self._call.cancel()
-        await self._iterator.aclose()
+        if not self._iterator.ag_running:
+            await self._iterator.aclose()
 
     def _open(self) -> Any:
         request = event_store_pb2.SubscribeAllRequest(filter=self._filter, checkpoint_interval=self._checkpoint_interval)
@@ -395,11 +405,13 @@ class AsyncAllSubscription:
         return self._client.event_store.SubscribeAll(request, metadata=self._client._metadata)
 
     async def _run(self) -> AsyncIterator[Union[RecordedEvent, Checkpoint]]:
-        if self._from_end:
-            # Pinned to a position now, so that a reconnect cannot skip what committed meanwhile.
-            self.position = await self._client.head_position()
-        elif self.subscription is None and self.position is None:
-            self.position = 0
+        if not self._started:
+            self._started = True
+            if self._from_end:
+                # Pinned to a position now, so that a reconnect cannot skip what committed since.
+                self.position = await self._client.head_position()
+            elif self.subscription is None and self.position is None:
+                self.position = 0
         backoff = self._retry.initial_backoff
         failing_since: Optional[float] = None
         while not self._closed:
@@ -429,6 +441,10 @@ class AsyncAllSubscription:
                 if e.code() not in self._retry.codes:
                     raise from_rpc_error(e) from None
                 error = e
+            except asyncio.CancelledError:
+                if self._closed:
+                    return  # close() cancelled the call under this iteration
+                raise
             finally:
                 call.cancel()
             if self._closed:

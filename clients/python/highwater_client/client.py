@@ -83,8 +83,10 @@ class CallRetry:
     retries off.
     """
 
-    attempts: int = 4
-    initial_backoff: float = 0.05
+    # Waits of about 0.1, 0.2, 0.4, 0.8, 1, 1, 1 s (each 50-100% of that, for jitter): long
+    # enough to ride out a server restart of a few seconds.
+    attempts: int = 8
+    initial_backoff: float = 0.1
     max_backoff: float = 1.0
     multiplier: float = 2.0
     codes: Sequence[grpc.StatusCode] = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -343,8 +345,9 @@ class Client:
         log); later appends and deletes of the stream raise FailedPrecondition, reads NotFound.
         Projections keep what they applied from the events until they are rebuilt.
         `expected_revision` is checked as in append() (WrongExpectedRevision). Raises NotFound if
-        the stream never existed, FailedPrecondition if it is hard-deleted already. An
-        administration call (AdminService): needs a token with role admin.
+        the stream never existed. A repeat of a hard delete answers as the first one did (the
+        same result, after erasing anything left), so it is safe to retry. An administration call
+        (AdminService): needs a token with role admin.
         """
         request = admin_pb2.HardDeleteStreamRequest(stream=stream)
         _set_expected(request, expected_revision)

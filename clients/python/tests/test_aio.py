@@ -80,3 +80,37 @@ def test_an_append_with_ids_is_retried_while_the_server_restarts(server):
             assert result.first_revision == 1
 
     asyncio.run(scenario())
+
+
+def test_a_timed_out_wait_loses_nothing_and_close_from_another_task_ends_the_loop(server):
+    async def scenario():
+        async with AsyncClient(server.address, timeout=10.0) as client:
+            await client.append("waited", NewEvent("E", {"n": 0}))
+            subscription = client.subscribe_all()
+            first = await subscription.__anext__()
+            assert first.position == 1
+            # Nothing new: the wait times out, and the subscription goes on afterwards.
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(subscription.__anext__(), 0.5)
+            await client.append("waited", NewEvent("E", {"n": 1}))
+            second = await asyncio.wait_for(subscription.__anext__(), 10)
+            assert second.position == 2
+
+            # A consumer loop in one task, close() from another: the loop ends cleanly.
+            received = []
+
+            async def consume():
+                async for event in subscription:
+                    received.append(event.position)
+
+            consumer = asyncio.create_task(consume())
+            await client.append("waited", NewEvent("E", {"n": 2}))
+            for _ in range(100):
+                if received:
+                    break
+                await asyncio.sleep(0.05)
+            await subscription.close()
+            await asyncio.wait_for(consumer, 10)
+            assert received == [3]
+
+    asyncio.run(scenario())

@@ -228,6 +228,8 @@ export interface ListSystemMessagesOptions {
  * soon after the server is back.
  */
 export const DEFAULT_CHANNEL_OPTIONS: Readonly<ChannelOptions> = {
+  // grpc-js waits 1 s before its first reconnect, longer than the retries' first waits.
+  "grpc.initial_reconnect_backoff_ms": 100,
   "grpc.max_reconnect_backoff_ms": 5_000,
 };
 
@@ -250,9 +252,11 @@ export interface CallRetryOptions {
   codes?: Status[];
 }
 
+// Waits of about 100, 200, 400, 800, 1000, 1000, 1000 ms (each 50-100% of that, for jitter):
+// long enough to ride out a server restart of a few seconds.
 export const DEFAULT_CALL_RETRY: Readonly<Required<CallRetryOptions>> = {
-  attempts: 4,
-  initialDelayMs: 50,
+  attempts: 8,
+  initialDelayMs: 100,
   maxDelayMs: 1_000,
   multiplier: 2,
   codes: [Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED],
@@ -385,7 +389,11 @@ export class Client {
     const shared = { ...channelOptions, channelOverride: this.eventStore.getChannel(), interceptors };
     this.adminService = new AdminServiceClient(target, creds, shared);
     this.generic = new GrpcClient(target, creds, shared);
-    this.callTimeoutMs = options.callTimeoutMs === null ? undefined : options.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS;
+    const timeout = options.callTimeoutMs === undefined ? DEFAULT_CALL_TIMEOUT_MS : options.callTimeoutMs;
+    if (timeout !== null && !(timeout > 0 && (Number.isFinite(timeout) || timeout === Infinity))) {
+      throw new RangeError(`callTimeoutMs must be a positive number of milliseconds or null, got ${timeout}`);
+    }
+    this.callTimeoutMs = timeout === null || timeout === Infinity ? undefined : timeout;
     this.retry = options.callRetry === false ? undefined : new RetryPlan(options.callRetry ?? {});
   }
 
@@ -687,9 +695,9 @@ export class Client {
    * fail with FAILED_PRECONDITION, reads with NOT_FOUND. Projections keep what they applied from
    * the events until they are rebuilt. Needs a token with role admin.
    *
-   * Throws WrongExpectedRevisionError when `expectedRevision` does not hold, a HighwaterError with
-   * code NOT_FOUND if the stream never existed, and FAILED_PRECONDITION if it is hard-deleted
-   * already.
+   * Throws WrongExpectedRevisionError when `expectedRevision` does not hold, and NotFoundError if
+   * the stream never existed. A repeat answers as the first hard delete did (the same result,
+   * after erasing anything left), so it is safe to retry.
    */
   async hardDeleteStream(stream: string, options: DeleteStreamOptions = {}): Promise<HardDeleteResult> {
     const request = { stream, expected: toExpected(options.expectedRevision) };

@@ -20,7 +20,9 @@ test("require and import give the same client", () => {
     "commonjs",
   );
   const imported = exported(
-    "const m = await import('@highwater/client'); console.log(JSON.stringify(Object.keys(m).sort()))",
+    // (__esModule is CommonJS interop's marker, which a re-export of CommonJS names too.)
+    "const m = await import('@highwater/client'); " +
+      "console.log(JSON.stringify(Object.keys(m).filter((k) => k !== '__esModule').sort()))",
     "module",
   );
   assert.ok(required.includes("Client") && required.includes("NotFoundError"), required.join(","));
@@ -31,4 +33,22 @@ test("require and import give the same client", () => {
     "module",
   );
   assert.deepEqual(esm, ["function", true]);
+  // One copy of the package whichever way it is loaded, so `instanceof` works across both.
+  const same = exported(
+    "import { createRequire } from 'node:module'; const required = createRequire(import.meta.url)('@highwater/client'); " +
+      "const imported = await import('@highwater/client'); " +
+      "console.log(JSON.stringify([required.NotFoundError === imported.NotFoundError, required.Client === imported.Client]))",
+    "module",
+  );
+  assert.deepEqual(same, [true, true]);
+});
+
+test("a call deadline must be a positive number of milliseconds or null", async () => {
+  const { Client } = await import("../src/index.js");
+  for (const bad of [Number.NaN, 0, -1]) {
+    assert.throws(() => new Client("127.0.0.1:1", { callTimeoutMs: bad }), RangeError, String(bad));
+  }
+  for (const good of [1, 30_000, Infinity, null]) {
+    new Client("127.0.0.1:1", { callTimeoutMs: good }).close();
+  }
 });
