@@ -48,8 +48,10 @@ from .models import (
     ProjectionInfo,
     RebuildProgress,
     RecordedEvent,
+    RetryResult,
     Snapshot,
     SubscriptionInfo,
+    SystemMessage,
     encode_data,
 )
 
@@ -308,6 +310,16 @@ class AsyncClient:
             retry=retry or self.retry,
         )
 
+    def subscribe_stream(
+        self,
+        stream: str,
+        from_revision: int = 0,
+        *,
+        checkpoints: bool = False,
+        retry: Optional[RetryPolicy] = None,
+    ) -> "AsyncStreamSubscription":
+        return AsyncStreamSubscription(self, stream, from_revision, checkpoints=checkpoints, retry=retry or self.retry)
+
     async def save_checkpoint(self, subscription: str, position: int) -> int:
         request = event_store_pb2.SaveCheckpointRequest(subscription=subscription, position=position)
         return (await self._call(self.event_store.SaveCheckpoint, request)).position
@@ -336,40 +348,54 @@ class AsyncClient:
         r = await self._call(self.admin.ListProjections, admin_pb2.ListProjectionsRequest())
         return [ProjectionInfo.from_proto(p) for p in r.projections]
 
+    async def register_projection(
+        self, toml: Optional[str] = None, *, definition: Optional[admin_pb2.ProjectionDefinition] = None
+    ) -> ProjectionInfo:
+        if (toml is None) == (definition is None):
+            raise ValueError("give exactly one of toml and definition")
+        request = (
+            admin_pb2.RegisterProjectionRequest(toml=toml)
+            if toml is not None
+            else admin_pb2.RegisterProjectionRequest(definition=definition)
+        )
+        r = await self._call(self.admin.RegisterProjection, request, retry=False)
+        return ProjectionInfo.from_proto(r.projection)
 
-class AsyncAllSubscription:
-    """An async iterator over SubscribeAll that reconnects when the stream breaks, resuming after
-    the last position received, so it yields every event once, in order (as AllSubscription).
-    `position` is the last position received: the value to save as a checkpoint once processed."""
+    async def list_system_messages(
+        self, projection: str = "", kind: str = "", include_archived: bool = False, limit: int = 0
+    ) -> List[SystemMessage]:
+        request = admin_pb2.ListSystemMessagesRequest(
+            projection=projection, kind=kind, include_archived=include_archived, limit=limit
+        )
+        r = await self._call(self.admin.ListSystemMessages, request)
+        return [
+            SystemMessage(m.id, m.projection, m.version, m.position, m.kind, m.reason, m.HasField("archived_at"))
+            for m in r.messages
+        ]
 
-    def __init__(
-        self,
-        client: AsyncClient,
-        *,
-        subscription: Optional[str],
-        after_position: Optional[int],
-        from_end: bool,
-        filter: event_store_pb2.Filter,
-        checkpoint_interval: int,
-        checkpoints: bool,
-        retry: RetryPolicy,
-    ):
+    async def retry_dead_letters(self, projection: str) -> RetryResult:
+        request = admin_pb2.RetryDeadLettersRequest(projection=projection)
+        r = await self._call(self.admin.RetryDeadLetters, request, retry=False)
+        return RetryResult(r.applied, r.still_failing)
+
+
+class _AsyncResumingSubscription:
+    """An async iterator over a server stream of events that reconnects when the stream breaks
+    (as Client's subscriptions). Subclasses say how to open the stream from the current state
+    (`_open`) and keep that state as messages arrive (`_is_new`, `_advance`). close() (from any
+    task) ends it; a cancelled wait (asyncio.wait_for's timeout) loses nothing."""
+
+    def __init__(self, client: AsyncClient, checkpoints: bool, retry: RetryPolicy):
         self._client = client
-        self.subscription = subscription
-        self.position: Optional[int] = after_position
-        self._from_end = from_end
-        self._filter = filter
-        self._checkpoint_interval = checkpoint_interval
         self._checkpoints = checkpoints
         self._retry = retry
         self._closed = False
-        self._started = False
         self._call: Any = None
         self.caught_up = False
         self.reconnects = 0
         self._iterator = self._run()
 
-    def __aiter__(self) -> "AsyncAllSubscription":
+    def __aiter__(self) -> "_AsyncResumingSubscription":
         return self
 
     async def __anext__(self) -> Union[RecordedEvent, Checkpoint]:
@@ -377,12 +403,11 @@ class AsyncAllSubscription:
             return await self._iterator.__anext__()
         except asyncio.CancelledError:
             if not self._closed:
-                # A cancelled wait (asyncio.wait_for's timeout, a cancelled task) ended the
-                # generator: the next wait resumes from `position`, losing nothing.
+                # A cancelled wait ended the generator: the next wait resumes from the state.
                 self._iterator = self._run()
             raise
 
-    async def __aenter__(self) -> "AsyncAllSubscription":
+    async def __aenter__(self) -> "_AsyncResumingSubscription":
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -396,22 +421,20 @@ class AsyncAllSubscription:
         if not self._iterator.ag_running:
             await self._iterator.aclose()
 
+    async def _prepare(self) -> None:
+        """Runs before the first connection."""
+
     def _open(self) -> Any:
-        request = event_store_pb2.SubscribeAllRequest(filter=self._filter, checkpoint_interval=self._checkpoint_interval)
-        if self.position is None:
-            request.subscription = self.subscription or ""
-        else:
-            request.after_position = self.position
-        return self._client.event_store.SubscribeAll(request, metadata=self._client._metadata)
+        raise NotImplementedError
+
+    def _is_new(self, event: Any) -> bool:
+        raise NotImplementedError
+
+    def _advance(self, event: Any, position: int) -> None:
+        raise NotImplementedError
 
     async def _run(self) -> AsyncIterator[Union[RecordedEvent, Checkpoint]]:
-        if not self._started:
-            self._started = True
-            if self._from_end:
-                # Pinned to a position now, so that a reconnect cannot skip what committed since.
-                self.position = await self._client.head_position()
-            elif self.subscription is None and self.position is None:
-                self.position = 0
+        await self._prepare()
         backoff = self._retry.initial_backoff
         failing_since: Optional[float] = None
         while not self._closed:
@@ -422,17 +445,16 @@ class AsyncAllSubscription:
                     failing_since, backoff = None, self._retry.initial_backoff
                     kind = message.WhichOneof("content")
                     if kind == "event":
-                        if self.position is not None and message.event.position <= self.position:
+                        if not self._is_new(message.event):
                             log.warning("dropped a repeated event at position %d", message.event.position)
                             continue
-                        self.position = message.event.position
+                        self._advance(message.event, message.event.position)
                         yield RecordedEvent.from_proto(message.event)
                     else:
                         position = getattr(message, kind).position
                         if kind != "checkpoint":
                             self.caught_up = kind == "caught_up"
-                        if self.position is None or position > self.position:
-                            self.position = position
+                        self._advance(None, position)
                         if self._checkpoints:
                             yield Checkpoint(position, kind)
             except grpc.RpcError as e:
@@ -461,3 +483,74 @@ class AsyncAllSubscription:
             await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
             backoff = min(backoff * self._retry.multiplier, self._retry.max_backoff)
             self.reconnects += 1
+
+
+class AsyncAllSubscription(_AsyncResumingSubscription):
+    """SubscribeAll as an async iterator (as AllSubscription). `position` is the last position
+    received: the value to save as a checkpoint once processed."""
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        *,
+        subscription: Optional[str],
+        after_position: Optional[int],
+        from_end: bool,
+        filter: event_store_pb2.Filter,
+        checkpoint_interval: int,
+        checkpoints: bool,
+        retry: RetryPolicy,
+    ):
+        self.subscription = subscription
+        self.position: Optional[int] = after_position
+        self._from_end = from_end
+        self._started = False
+        self._filter = filter
+        self._checkpoint_interval = checkpoint_interval
+        super().__init__(client, checkpoints, retry)
+
+    async def _prepare(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        if self._from_end:
+            # Pinned to a position now, so that a reconnect cannot skip what committed since.
+            self.position = await self._client.head_position()
+        elif self.subscription is None and self.position is None:
+            self.position = 0
+
+    def _open(self) -> Any:
+        request = event_store_pb2.SubscribeAllRequest(filter=self._filter, checkpoint_interval=self._checkpoint_interval)
+        if self.position is None:
+            request.subscription = self.subscription or ""
+        else:
+            request.after_position = self.position
+        return self._client.event_store.SubscribeAll(request, metadata=self._client._metadata)
+
+    def _is_new(self, event: Any) -> bool:
+        return self.position is None or event.position > self.position
+
+    def _advance(self, event: Any, position: int) -> None:
+        if self.position is None or position > self.position:
+            self.position = position
+
+
+class AsyncStreamSubscription(_AsyncResumingSubscription):
+    """SubscribeStream as an async iterator (as StreamSubscription). `next_revision` is the
+    revision it will deliver next."""
+
+    def __init__(self, client: AsyncClient, stream: str, from_revision: int, *, checkpoints: bool, retry: RetryPolicy):
+        self.stream = stream
+        self.next_revision = from_revision
+        super().__init__(client, checkpoints, retry)
+
+    def _open(self) -> Any:
+        request = event_store_pb2.SubscribeStreamRequest(stream=self.stream, from_revision=self.next_revision)
+        return self._client.event_store.SubscribeStream(request, metadata=self._client._metadata)
+
+    def _is_new(self, event: Any) -> bool:
+        return bool(event.revision >= self.next_revision)
+
+    def _advance(self, event: Any, position: int) -> None:
+        if event is not None:
+            self.next_revision = event.revision + 1

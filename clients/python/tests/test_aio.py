@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from highwater_client import CallRetry, NewEvent, NotFound, WrongExpectedRevision
+from highwater_client import CallRetry, InvalidArgument, NewEvent, NotFound, WrongExpectedRevision
 from highwater_client.aio import AsyncClient
 
 
@@ -112,5 +112,29 @@ def test_a_timed_out_wait_loses_nothing_and_close_from_another_task_ends_the_loo
             await subscription.close()
             await asyncio.wait_for(consumer, 10)
             assert received == [3]
+
+    asyncio.run(scenario())
+
+
+def test_stream_subscriptions_and_the_admin_calls(projection_server):
+    server = projection_server
+
+    async def scenario():
+        async with AsyncClient(server.address, timeout=10.0) as client:
+            await client.append("cart-9", NewEvent("ProductAdded", {"sku": "a", "quantity": 1}))
+            async with client.subscribe_stream("cart-9") as subscription:
+                first = await asyncio.wait_for(subscription.__anext__(), 10)
+                await client.append("cart-9", NewEvent("ProductAdded", {"sku": "b", "quantity": 2}))
+                second = await asyncio.wait_for(subscription.__anext__(), 10)
+                assert (first.revision, second.revision, subscription.next_revision) == (0, 1, 2)
+            assert [p.name for p in await client.list_projections()] == ["cart_summary"]
+            phases = [progress.phase async for progress in client.rebuild("cart_summary")]
+            assert phases[-1].name == "DONE"
+            assert (await client.get_projection("cart_summary")).active_version == 2
+            assert await client.list_system_messages(projection="cart_summary") == []
+            retried = await client.retry_dead_letters("cart_summary")
+            assert (retried.applied, retried.still_failing) == (0, 0)
+            with pytest.raises(InvalidArgument):
+                await client.register_projection("name = ")
 
     asyncio.run(scenario())
