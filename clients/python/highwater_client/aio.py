@@ -33,6 +33,7 @@ from .client import (
     ExpectedRevision,
     Pem,
     RetryPolicy,
+    SystemMessageKind,
     _direction,
     _pem,
     _set_expected,
@@ -362,7 +363,7 @@ class AsyncClient:
         return ProjectionInfo.from_proto(r.projection)
 
     async def list_system_messages(
-        self, projection: str = "", kind: str = "", include_archived: bool = False, limit: int = 0
+        self, projection: str = "", kind: SystemMessageKind = "", include_archived: bool = False, limit: int = 0
     ) -> List[SystemMessage]:
         request = admin_pb2.ListSystemMessagesRequest(
             projection=projection, kind=kind, include_archived=include_archived, limit=limit

@@ -8,7 +8,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
+from typing import Any, Callable, Iterable, Iterator, List, Literal, Optional, Sequence, Tuple, TypeVar, Union
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -36,7 +36,10 @@ log = logging.getLogger("highwater_client")
 # The protocol's "from the end" for backwards reads.
 U64_MAX = 2**64 - 1
 
-ExpectedRevision = Union[int, str]
+#: "any" (no check), "no-stream", "exists", or the revision the stream's last event must have.
+ExpectedRevision = Union[int, Literal["any", "no-stream", "exists"]]
+#: The kinds of system message: skipped events awaiting replay, and dead letters ("": both).
+SystemMessageKind = Literal["", "skip", "dead_letter"]
 S = TypeVar("S")
 _EXPECTED_STATES = {
     "any": event_store_pb2.EXPECTED_STATE_ANY,
@@ -610,7 +613,7 @@ class Client:
         return [ProjectionInfo.from_proto(p) for p in r.projections]
 
     def list_system_messages(
-        self, projection: str = "", kind: str = "", include_archived: bool = False, limit: int = 0
+        self, projection: str = "", kind: SystemMessageKind = "", include_archived: bool = False, limit: int = 0
     ) -> List[SystemMessage]:
         """Skipped events and dead letters, newest first (`kind`: "skip" or "dead_letter")."""
         request = admin_pb2.ListSystemMessagesRequest(
