@@ -24,6 +24,7 @@ use tonic::{Code, body::Body};
 use tower::Service;
 
 use super::middleware::{Around, BoxFuture};
+use highwater_api::codes::code_name;
 use highwater_core::metrics::{Histogram, family_header, sample};
 
 /// The status codes, by their number (0 to 16).
@@ -46,29 +47,6 @@ const CODES: [Code; 17] = [
     Code::DataLoss,
     Code::Unauthenticated,
 ];
-
-/// The canonical name of a code, as the gRPC documentation and the README write it.
-fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
 
 /// The series of one method.
 struct MethodSeries {
