@@ -34,12 +34,13 @@ from .client import (
     Pem,
     RetryPolicy,
     SystemMessageKind,
+    _ChannelSettings,
+    _check_snapshot_every,
     _direction,
-    _pem,
+    _fold_aggregate,
     _set_expected,
-    _split_target,
 )
-from .errors import NotFound, Unavailable, from_rpc_error
+from .errors import Unavailable, from_rpc_error
 from .models import (
     AppendResult,
     Checkpoint,
@@ -81,30 +82,16 @@ class AsyncClient:
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self.call_retry = call_retry or CallRetry()
-        if self.call_retry.attempts < 1:
-            raise ValueError("call_retry.attempts must be at least 1")
-        address, scheme_tls = _split_target(target)
-        ca = _pem(tls_ca, "tls_ca")
-        cert = _pem(tls_client_cert, "tls_client_cert")
-        key = _pem(tls_client_key, "tls_client_key")
-        if (cert is None) != (key is None):
-            raise ValueError("give tls_client_cert and tls_client_key together")
-        pem_given = ca is not None or cert is not None
-        if pem_given and scheme_tls is False:
-            raise ValueError(f"TLS options given for a plaintext target {target!r}")
-        self.tls = bool(scheme_tls) or pem_given
-        if self.tls:
-            credentials = grpc.ssl_channel_credentials(
-                root_certificates=ca, private_key=key, certificate_chain=cert
-            )
-            self.channel = grpc.aio.secure_channel(address, credentials, options=_CHANNEL_OPTIONS)
+        settings = _ChannelSettings.check(target, token, tls_ca, tls_client_cert, tls_client_key)
+        self.tls = settings.credentials is not None
+        if settings.credentials is not None:
+            self.channel = grpc.aio.secure_channel(settings.address, settings.credentials, options=_CHANNEL_OPTIONS)
         else:
-            self.channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
-        self._metadata: Tuple[Tuple[str, str], ...] = ()
-        if token is not None:
-            if not token or any(not " " <= c <= "~" for c in token) or token != token.strip():
-                raise ValueError("token must be non-empty printable ASCII without surrounding spaces")
-            self._metadata = (("authorization", f"Bearer {token}"),)
+            self.channel = grpc.aio.insecure_channel(settings.address, options=_CHANNEL_OPTIONS)
+        # Sent with every call (grpc.aio channels take no interceptors of the sync kind).
+        self._metadata: Tuple[Tuple[str, str], ...] = (
+            (settings.authorization,) if settings.authorization is not None else ()
+        )
         self.event_store = event_store_pb2_grpc.EventStoreServiceStub(self.channel)
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
@@ -260,29 +247,15 @@ class AsyncClient:
         encode: Callable[[S], Any] = lambda state: state,
         decode: Callable[[Snapshot], S] = lambda snapshot: snapshot.json(),
     ) -> LoadedAggregate:
-        if snapshot_every is not None and snapshot_every < 1:
-            raise ValueError("snapshot_every must be at least 1")
+        _check_snapshot_every(snapshot_every)
         snapshot, events = await self.read_from_snapshot(stream)
         if snapshot is not None and snapshot.type != snapshot_type:
             snapshot = None
             events = [event async for event in self.read_stream(stream)]
-        state = decode(snapshot) if snapshot is not None else initial
-        revision = snapshot.revision if snapshot is not None else None
-        for event in events:
-            state = fold(state, event)
-            revision = event.revision
-        if revision is None:
-            raise NotFound(f"stream {stream!r} has no events", grpc.StatusCode.NOT_FOUND)
-        saved = snapshot_every is not None and len(events) >= snapshot_every
-        if saved:
-            await self.save_snapshot(stream, revision, snapshot_type, encode(state))
-        return LoadedAggregate(
-            state=state,
-            revision=revision,
-            snapshot_revision=snapshot.revision if snapshot is not None else None,
-            events_folded=len(events),
-            saved_snapshot=saved,
-        )
+        loaded = _fold_aggregate(stream, snapshot, events, fold, initial, decode, snapshot_every)
+        if loaded.saved_snapshot:
+            await self.save_snapshot(stream, loaded.revision, snapshot_type, encode(loaded.state))
+        return loaded
 
     # --- Subscriptions (as Client's) ------------------------------------------------------------
 

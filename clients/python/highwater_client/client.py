@@ -94,6 +94,10 @@ class CallRetry:
     multiplier: float = 2.0
     codes: Sequence[grpc.StatusCode] = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError("call_retry.attempts must be at least 1")
+
     def waits(self) -> Iterator[float]:
         """The waits before the second, third... attempt."""
         wait = self.initial_backoff
@@ -170,6 +174,46 @@ def _split_target(target: str) -> Tuple[str, Optional[bool]]:
     return target, None
 
 
+@dataclass(frozen=True)
+class _ChannelSettings:
+    """What a client's options say about its channel, checked: where to connect, with which TLS
+    credentials (None: plaintext), and the authorization header to send (if any)."""
+
+    address: str
+    credentials: Optional[grpc.ChannelCredentials]
+    authorization: Optional[Tuple[str, str]]
+
+    @classmethod
+    def check(
+        cls,
+        target: str,
+        token: Optional[str],
+        tls_ca: Optional[Pem],
+        tls_client_cert: Optional[Pem],
+        tls_client_key: Optional[Pem],
+    ) -> "_ChannelSettings":
+        address, scheme_tls = _split_target(target)
+        ca = _pem(tls_ca, "tls_ca")
+        cert = _pem(tls_client_cert, "tls_client_cert")
+        key = _pem(tls_client_key, "tls_client_key")
+        if (cert is None) != (key is None):
+            raise ValueError("give tls_client_cert and tls_client_key together")
+        pem_given = ca is not None or cert is not None
+        if pem_given and scheme_tls is False:
+            raise ValueError(f"TLS options given for a plaintext target {target!r}")
+        credentials = (
+            grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+            if scheme_tls or pem_given
+            else None
+        )
+        authorization = None
+        if token is not None:
+            if not token or any(not " " <= c <= "~" for c in token) or token != token.strip():
+                raise ValueError("token must be non-empty printable ASCII without surrounding spaces")
+            authorization = ("authorization", f"Bearer {token}")
+        return cls(address, credentials, authorization)
+
+
 class Client:
     """A connection to one Highwater server.
 
@@ -202,33 +246,18 @@ class Client:
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self.call_retry = call_retry or CallRetry()
-        if self.call_retry.attempts < 1:
-            raise ValueError("call_retry.attempts must be at least 1")
-        address, scheme_tls = _split_target(target)
-        ca = _pem(tls_ca, "tls_ca")
-        cert = _pem(tls_client_cert, "tls_client_cert")
-        key = _pem(tls_client_key, "tls_client_key")
-        if (cert is None) != (key is None):
-            raise ValueError("give tls_client_cert and tls_client_key together")
-        pem_given = ca is not None or cert is not None
-        if pem_given and scheme_tls is False:
-            raise ValueError(f"TLS options given for a plaintext target {target!r}")
+        settings = _ChannelSettings.check(target, token, tls_ca, tls_client_cert, tls_client_key)
         #: True when the channel this client made uses TLS.
-        self.tls = bool(scheme_tls) or pem_given
+        self.tls = settings.credentials is not None
         if channel is not None:
             if self.tls:
                 raise ValueError("give either a channel or TLS options, not both")
-        elif self.tls:
-            credentials = grpc.ssl_channel_credentials(
-                root_certificates=ca, private_key=key, certificate_chain=cert
-            )
-            channel = grpc.secure_channel(address, credentials, options=_CHANNEL_OPTIONS)
+        elif settings.credentials is not None:
+            channel = grpc.secure_channel(settings.address, settings.credentials, options=_CHANNEL_OPTIONS)
         else:
-            channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
-        if token is not None:
-            if not token or any(not " " <= c <= "~" for c in token) or token != token.strip():
-                raise ValueError("token must be non-empty printable ASCII without surrounding spaces")
-            channel = grpc.intercept_channel(channel, _AddMetadata([("authorization", f"Bearer {token}")]))
+            channel = grpc.insecure_channel(settings.address, options=_CHANNEL_OPTIONS)
+        if settings.authorization is not None:
+            channel = grpc.intercept_channel(channel, _AddMetadata([settings.authorization]))
         self.channel = channel
         # The generated stubs, for anything this layer does not wrap.
         self.event_store = event_store_pb2_grpc.EventStoreServiceStub(self.channel)
@@ -448,31 +477,15 @@ class Client:
         so that the next load reads fewer. `decode` turns a snapshot back into a state (default:
         its JSON). Raises NotFound if the stream does not exist.
         """
-        if snapshot_every is not None and snapshot_every < 1:
-            raise ValueError("snapshot_every must be at least 1")
+        _check_snapshot_every(snapshot_every)
         snapshot, events = self.read_from_snapshot(stream)
         if snapshot is not None and snapshot.type != snapshot_type:
             snapshot = None
             events = self.read_stream(stream)
-        state = decode(snapshot) if snapshot is not None else initial
-        revision = snapshot.revision if snapshot is not None else None
-        folded = 0
-        for event in events:
-            state = fold(state, event)
-            revision = event.revision
-            folded += 1
-        if revision is None:
-            raise NotFound(f"stream {stream!r} has no events", grpc.StatusCode.NOT_FOUND)
-        saved = snapshot_every is not None and folded >= snapshot_every
-        if saved:
-            self.save_snapshot(stream, revision, snapshot_type, encode(state))
-        return LoadedAggregate(
-            state=state,
-            revision=revision,
-            snapshot_revision=snapshot.revision if snapshot is not None else None,
-            events_folded=folded,
-            saved_snapshot=saved,
-        )
+        loaded = _fold_aggregate(stream, snapshot, events, fold, initial, decode, snapshot_every)
+        if loaded.saved_snapshot:
+            self.save_snapshot(stream, loaded.revision, snapshot_type, encode(loaded.state))
+        return loaded
 
     def read_all(
         self,
@@ -631,6 +644,40 @@ class Client:
         request = admin_pb2.RetryDeadLettersRequest(projection=projection)
         r = self._call(self.admin.RetryDeadLetters, request, retry=False)
         return RetryResult(r.applied, r.still_failing)
+
+
+def _check_snapshot_every(snapshot_every: Optional[int]) -> None:
+    if snapshot_every is not None and snapshot_every < 1:
+        raise ValueError("snapshot_every must be at least 1")
+
+
+def _fold_aggregate(
+    stream: str,
+    snapshot: Optional[Snapshot],
+    events: Iterable[RecordedEvent],
+    fold: Callable[[S, RecordedEvent], S],
+    initial: S,
+    decode: Callable[[Snapshot], S],
+    snapshot_every: Optional[int],
+) -> LoadedAggregate:
+    """The state from `snapshot` (or `initial`) folded over `events`; `saved_snapshot` says
+    whether the caller is to save it (it folded at least `snapshot_every` events)."""
+    state = decode(snapshot) if snapshot is not None else initial
+    revision = snapshot.revision if snapshot is not None else None
+    folded = 0
+    for event in events:
+        state = fold(state, event)
+        revision = event.revision
+        folded += 1
+    if revision is None:
+        raise NotFound(f"stream {stream!r} has no events", grpc.StatusCode.NOT_FOUND)
+    return LoadedAggregate(
+        state=state,
+        revision=revision,
+        snapshot_revision=snapshot.revision if snapshot is not None else None,
+        events_folded=folded,
+        saved_snapshot=snapshot_every is not None and folded >= snapshot_every,
+    )
 
 
 def _set_expected(request, expected_revision: ExpectedRevision) -> None:
