@@ -186,6 +186,23 @@ impl EmbeddedPostgres {
             .database("postgres")
     }
 
+    /// Takes the advisory lock functions from every role but the server's, in the server's
+    /// database, once migrated: the migrations cannot, as the server's role is no superuser
+    /// (migrations/0019_sandbox_advisory_locks.sql). A cluster whose superuser is the server's role
+    /// has had it done by the migration.
+    pub async fn restrict_advisory_locks(&self) -> highwater_core::error::Result<()> {
+        let options = self.bootstrap_options().database(DATABASE);
+        let Ok(mut admin) = options.connect().await else {
+            return Ok(());
+        };
+        sqlx::query("SELECT highwater_restrict_advisory_locks($1)")
+            .bind(ROLE)
+            .execute(&mut admin)
+            .await?;
+        let _ = admin.close().await;
+        Ok(())
+    }
+
     /// Creates the server's role (no superuser) on first start.
     async fn ensure_server_role(&self) -> Result<()> {
         let Ok(mut admin) = self.bootstrap_options().connect().await else {

@@ -429,6 +429,9 @@ async fn start_serving(
     let (pool, hub, hub_task) = prepared.inspect_err(|error| {
         error!(%error, "cannot prepare the database");
     })?;
+    if let Some(embedded) = &database.embedded {
+        embedded.restrict_advisory_locks().await?;
+    }
     let started = start_core(&pool, hub, &database.options, settings, tasks).await;
     let (core, writer) = match started {
         Ok(started) => started,
@@ -638,6 +641,9 @@ pub async fn migrate(config: &DatabaseConfig) -> ServerResult<()> {
         let pool = database::connect(&database.options, 1).await?;
         database::migrate(&pool).await?;
         pool.close().await;
+        if let Some(embedded) = &database.embedded {
+            embedded.restrict_advisory_locks().await?;
+        }
         Ok(())
     }
     .await;

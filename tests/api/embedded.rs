@@ -6,12 +6,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use highwater::pb::{self, event_store_service_client::EventStoreServiceClient};
+use highwater::pb::{
+    self, admin_service_client::AdminServiceClient,
+    event_store_service_client::EventStoreServiceClient,
+};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use crate::helpers::*;
+use crate::{
+    helpers::*,
+    projection::{register_toml, wait_active},
+};
 
 /// The binary as a user's shell starts it: no DATABASE_URL, no RUST_LOG.
 fn as_user() -> Command {
@@ -125,6 +131,20 @@ async fn without_a_database_url_it_runs_a_private_postgres_kept_across_restarts(
         .unwrap();
     assert_eq!(stored.id, event.id);
     drop(client);
+
+    // The sandbox runs projections here too: the private cluster's superuser took the advisory
+    // locks from every other role (migration 0019), which the server's own role cannot do.
+    let mut admin = AdminServiceClient::connect(format!("http://127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let toml = "name = \"kept\"\nmode = \"inline\"\nsetup = \"CREATE TABLE {{table}} (k text PRIMARY KEY)\"\n\
+                [handlers]\nKept = \"INSERT INTO {{table}} VALUES ($stream) ON CONFLICT DO NOTHING\"\n";
+    admin
+        .register_projection(register_toml(toml))
+        .await
+        .expect("a projection registers in the private cluster");
+    wait_active(&mut admin, "kept", 1, Duration::from_secs(30)).await;
+    drop(admin);
     assert!(terminate(server).await.success());
 }
 

@@ -127,6 +127,12 @@ async fn setup_sql_cannot_leave_its_sandbox() {
         "CREATE TABLE {{table}} (k text PRIMARY KEY); \
          SELECT public.highwater_save_snapshot('x', 0, 'T', '\\x00', 'x', 1)"
             .into(),
+        // Advisory locks, the server's coordination (migration 0019): a session lock taken in the
+        // setup would stay on the pooled connection.
+        "CREATE TABLE {{table}} (k text PRIMARY KEY); SELECT pg_advisory_lock(1)".into(),
+        "CREATE TABLE {{table}} (k text PRIMARY KEY); SELECT pg_advisory_unlock_all()".into(),
+        "CREATE TABLE {{table}} (k text PRIMARY KEY); SELECT pg_try_advisory_xact_lock(1, 2)"
+            .into(),
         // Left behind to run later with another role's rights: refused by the audit.
         "CREATE TABLE {{table}} (k text PRIMARY KEY); \
          CREATE FUNCTION projection_p.f() RETURNS void SECURITY DEFINER LANGUAGE sql \
@@ -322,6 +328,24 @@ async fn handler_sql_cannot_leave_its_sandbox() {
             "Catalog",
             "UPDATE public.projection_versions SET applied_position = 0",
         ),
+        // Advisory locks (migration 0019): another projection's leadership or apply lock, or
+        // the locks the connection's own server holds.
+        (
+            "Lead",
+            "INSERT INTO {{table}} SELECT pg_advisory_lock(7)::text",
+        ),
+        (
+            "Share",
+            "INSERT INTO {{table}} SELECT pg_try_advisory_xact_lock_shared(7)::text",
+        ),
+        (
+            "Release",
+            "INSERT INTO {{table}} SELECT pg_advisory_unlock_all()::text",
+        ),
+        (
+            "Unlock",
+            "INSERT INTO {{table}} SELECT pg_advisory_unlock(1, 2)::text",
+        ),
     ];
     admin
         .register_projection(register_toml(&with_handlers("q", &handlers)))
@@ -469,4 +493,45 @@ async fn a_projection_named_like_another_ones_version_keeps_its_own_table() {
     .await
     .unwrap();
     assert_eq!(tables, ["projection_a.v1", "projection_a_v1.v1"]);
+}
+
+#[tokio::test]
+async fn projections_are_refused_while_every_role_may_take_advisory_locks() {
+    let app = TestApp::spawn().await;
+    let mut admin = admin(app.server.endpoint()).await;
+    let mut connection = app.database.connect().await;
+    // As in a database migrated by a user that is not a superuser (migration 0019).
+    sqlx::query("GRANT EXECUTE ON FUNCTION pg_try_advisory_lock(bigint) TO PUBLIC")
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    let status = refused(
+        &mut admin,
+        &with_handlers(
+            "locks",
+            &[("Seen", "INSERT INTO {{table}} VALUES ($stream)")],
+        ),
+    )
+    .await;
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("pg_try_advisory_lock(bigint)")
+            && status
+                .message()
+                .contains("highwater_restrict_advisory_locks"),
+        "{status:?}"
+    );
+    // What the README tells a superuser to run.
+    sqlx::query("SELECT highwater_restrict_advisory_locks(current_user)")
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    admin
+        .register_projection(register_toml(&with_handlers(
+            "locks",
+            &[("Seen", "INSERT INTO {{table}} VALUES ($stream)")],
+        )))
+        .await
+        .unwrap();
+    wait_active(&mut admin, "locks", 1, Duration::from_secs(10)).await;
 }

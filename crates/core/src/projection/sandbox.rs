@@ -13,6 +13,9 @@
 //! which `PREPARE` checks at registration. Session settings a handler changes with
 //! `set_config(..., false)` would outlive the call on a pooled connection, so every call runs in
 //! a savepoint and ends with `RESET ALL`; temporary objects a setup makes are discarded.
+//! Advisory locks, which every role may take and release by default, are the server's alone
+//! (migrations/0019_sandbox_advisory_locks.sql): `ensure` refuses to run a projection while its
+//! role could still call them.
 
 use std::time::Duration;
 
@@ -47,7 +50,32 @@ pub async fn ensure(connection: &mut PgConnection, definition: &Definition) -> R
             }
             _ => Error::from(error),
         })?;
-    Ok(())
+    refuse_open_advisory_locks(connection, definition).await
+}
+
+/// Fails closed while the projection's role may take or release advisory locks, the server's
+/// coordination (migrations/0019_sandbox_advisory_locks.sql): a superuser has to take them from
+/// PUBLIC first, which the migration does when it runs as one.
+async fn refuse_open_advisory_locks(
+    connection: &mut PgConnection,
+    definition: &Definition,
+) -> Result<()> {
+    let open: Option<String> = sqlx::query_scalar(
+        "SELECT highwater_advisory_locks_open_to(highwater_sandbox_role($1)::name) LIMIT 1",
+    )
+    .bind(definition.name.as_str())
+    .fetch_optional(&mut *connection)
+    .await?;
+    match open {
+        None => Ok(()),
+        Some(function) => Err(Error::FailedPrecondition(format!(
+            "projection {} cannot run in its sandbox: every database role may call {function}, \
+             and advisory locks are how the server coordinates; a superuser must run \
+             SELECT highwater_restrict_advisory_locks('<the server's database user>') once in \
+             this database (README, Security)",
+            definition.name
+        ))),
+    }
 }
 
 /// Runs the setup of `version` as the projection's role, then checks what it left behind. The
