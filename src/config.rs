@@ -50,6 +50,10 @@ pub struct ServeConfig {
     #[arg(long, env = "HIGHWATER_PROJECTIONS")]
     pub projections: Option<PathBuf>,
 
+    /// Folder of upcaster definitions (`*.toml`), registered at start (README, Upcasting).
+    #[arg(long, env = "HIGHWATER_UPCASTERS")]
+    pub upcasters: Option<PathBuf>,
+
     /// This server's name in rebuild ownership and errors. Default: host name and process id.
     #[arg(long, env = "HIGHWATER_NODE_NAME")]
     pub node_name: Option<String>,

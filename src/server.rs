@@ -36,8 +36,9 @@ use highwater_core::{
     error::{Error, Result},
     projection::{Projections, catalog::InlineSource},
     shutdown::{Tasks, stopped},
-    store::{Store, database},
+    store::{Store, database, upcasting::Upcasting},
     subscribe::{Subscriptions, hub::Hub, registry::Registry},
+    upcast::Upcasters,
 };
 use std::sync::Arc;
 
@@ -507,8 +508,10 @@ async fn start_core(
         InlineSource {
             sql_timeout: settings.projection.sql_timeout,
         },
+        hub.upcasting().clone(),
         tasks,
     );
+    let upcasters = Upcasters::new(pool.clone(), settings.projection.sql_timeout);
     let subscriptions = Subscriptions::new(
         pool.clone(),
         hub.clone(),
@@ -523,6 +526,14 @@ async fn start_core(
         hub,
         tasks.clone(),
     ));
+    // Upcasters first: projections registered next are built through them.
+    if let Some(dir) = &settings.upcasters_dir
+        && let Err(error) = upcasters.register_dir(dir).await
+    {
+        store.stop().await;
+        let _ = writer.await;
+        return Err(error);
+    }
     if let Err(error) = projections.secure_existing().await {
         store.stop().await;
         let _ = writer.await;
@@ -542,6 +553,7 @@ async fn start_core(
             store,
             subscriptions,
             projections,
+            upcasters,
             tasks: tasks.clone(),
         },
         writer,
@@ -562,10 +574,12 @@ async fn prepare(
             let pool = database::connect(options, settings.database.pool_size).await?;
             database::migrate(&pool).await?;
             database::warn_if_superuser(&pool).await?;
+            let upcasting = Upcasting::load(pool.clone(), settings.projection.sql_timeout).await?;
             let (hub, hub_task) = Hub::start(
                 pool.clone(),
                 options,
                 subscribers.clone(),
+                upcasting,
                 settings.live_buffer_batches,
                 tasks,
             )

@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use highwater_core::{
     error::Error, projection::Projections, shutdown::Tasks, store::Store, subscribe::Subscriptions,
+    upcast::Upcasters,
 };
 
 /// The core services the adapters call.
@@ -14,6 +15,7 @@ pub struct Core {
     pub store: Store,
     pub subscriptions: Subscriptions,
     pub projections: Arc<Projections>,
+    pub upcasters: Upcasters,
     /// The owner of background tasks, for the adapters' own (a read's stream to its client).
     pub tasks: Tasks,
 }

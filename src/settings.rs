@@ -23,6 +23,8 @@ pub struct Settings {
     pub live_buffer_batches: usize,
     /// Projection definitions registered at start.
     pub projections_dir: Option<PathBuf>,
+    /// Upcaster definitions registered at start.
+    pub upcasters_dir: Option<PathBuf>,
     /// This server's name in rebuild ownership and errors.
     pub node: String,
     /// Batches, heartbeats and time limits of projections and rebuilds.
@@ -92,6 +94,7 @@ impl From<ServeConfig> for Settings {
             max_request_bytes_in_flight: config.max_request_bytes_in_flight,
             live_buffer_batches: config.live_buffer_batches as usize,
             projections_dir: config.projections,
+            upcasters_dir: config.upcasters,
             security: config.security,
             max_subscribers: config.max_subscribers as usize,
             max_streams_per_connection: config.max_streams_per_connection,

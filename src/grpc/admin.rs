@@ -19,6 +19,7 @@ use highwater_core::{
         rebuild::{Phase, Progress, Strategy},
     },
     store::deletion::Deletion,
+    upcast::definition::UpcasterDefinition,
 };
 
 pub struct AdminService {
@@ -219,6 +220,102 @@ impl AdminApi for AdminService {
             deleted_revision: result.deleted_revision,
             erased_events: result.erased_events,
         }))
+    }
+
+    #[instrument(skip_all)]
+    async fn register_upcaster(
+        &self,
+        request: Request<pb::RegisterUpcasterRequest>,
+    ) -> Result<Response<pb::RegisterUpcasterResponse>, Status> {
+        let definition = match request.into_inner().source {
+            Some(pb::register_upcaster_request::Source::Definition(definition)) => {
+                upcaster_from(definition).or_status()?
+            }
+            Some(pb::register_upcaster_request::Source::Toml(text)) => {
+                UpcasterDefinition::from_toml(&text, "api").or_status()?
+            }
+            None => {
+                return Err(Error::invalid("source", "a definition or toml is required"))
+                    .or_status();
+            }
+        };
+        let registered = self
+            .core
+            .get()
+            .or_status()?
+            .upcasters
+            .register(definition, "api")
+            .await
+            .or_status()?;
+        Ok(Response::new(pb::RegisterUpcasterResponse {
+            upcaster: Some(upcaster_to(registered.definition)),
+        }))
+    }
+
+    #[instrument(skip_all)]
+    async fn list_upcasters(
+        &self,
+        _request: Request<pb::ListUpcastersRequest>,
+    ) -> Result<Response<pb::ListUpcastersResponse>, Status> {
+        let all = self
+            .core
+            .get()
+            .or_status()?
+            .upcasters
+            .list()
+            .await
+            .or_status()?;
+        Ok(Response::new(pb::ListUpcastersResponse {
+            upcasters: all
+                .into_iter()
+                .map(|registered| pb::RegisteredUpcaster {
+                    definition: Some(upcaster_to(registered.definition)),
+                    origin: registered.origin,
+                })
+                .collect(),
+        }))
+    }
+
+    #[instrument(skip_all, fields(upcaster = %request.get_ref().name))]
+    async fn delete_upcaster(
+        &self,
+        request: Request<pb::DeleteUpcasterRequest>,
+    ) -> Result<Response<pb::DeleteUpcasterResponse>, Status> {
+        self.core
+            .get()
+            .or_status()?
+            .upcasters
+            .delete(&request.into_inner().name)
+            .await
+            .or_status()?;
+        Ok(Response::new(pb::DeleteUpcasterResponse {}))
+    }
+}
+
+fn upcaster_from(definition: pb::UpcasterDefinition) -> Result<UpcasterDefinition, Error> {
+    let upcaster = UpcasterDefinition {
+        name: ProjectionName::parse(&definition.name)
+            .map_err(|problem| Error::invalid("name", format!("api: {problem}")))?,
+        event_type: definition.event_type,
+        from_version: definition.from_version,
+        to_type: definition.to_type,
+        to_version: definition.to_version,
+        data: definition.data,
+        metadata: definition.metadata,
+    };
+    upcaster.check()?;
+    Ok(upcaster)
+}
+
+fn upcaster_to(definition: UpcasterDefinition) -> pb::UpcasterDefinition {
+    pb::UpcasterDefinition {
+        name: definition.name.to_string(),
+        event_type: definition.event_type,
+        from_version: definition.from_version,
+        to_type: definition.to_type,
+        to_version: definition.to_version,
+        data: definition.data,
+        metadata: definition.metadata,
     }
 }
 

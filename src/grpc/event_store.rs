@@ -23,6 +23,7 @@ use highwater_core::{
         deletion::Deletion,
         model::Direction,
         reader::{Prefetch, ReadCursor},
+        upcasting::Shape,
     },
     subscribe::{DurableAccess, SubscriptionMessage},
 };
@@ -81,7 +82,12 @@ impl EventStoreApi for EventStoreService {
                 .or_status();
             }
             core.store
-                .load_stream(request.stream, request.from_revision, request.max_count)
+                .load_stream(
+                    request.stream,
+                    request.from_revision,
+                    request.max_count,
+                    Shape::from_original(request.original),
+                )
                 .await
                 .or_status()?
         } else {
@@ -92,6 +98,7 @@ impl EventStoreApi for EventStoreService {
                     request.from_revision,
                     direction,
                     request.max_count,
+                    Shape::from_original(request.original),
                 )
                 .await
                 .or_status()?;
@@ -122,9 +129,12 @@ impl EventStoreApi for EventStoreService {
         let request = request.into_inner();
         let direction = convert::direction(request.direction).or_status()?;
         let core = self.core.get().or_status()?;
-        let cursor = core
-            .store
-            .read_all(request.after_position, direction, request.max_count);
+        let cursor = core.store.read_all(
+            request.after_position,
+            direction,
+            request.max_count,
+            Shape::from_original(request.original),
+        );
         Ok(Response::new(stream_pages(
             &core.tasks,
             None,
@@ -158,6 +168,7 @@ impl EventStoreApi for EventStoreService {
                 filter,
                 u64::from(request.checkpoint_interval),
                 durable,
+                Shape::from_original(request.original),
             )
             .await
             .or_status()?;
@@ -181,7 +192,11 @@ impl EventStoreApi for EventStoreService {
             .get()
             .or_status()?
             .subscriptions
-            .subscribe_stream(request.stream, start)
+            .subscribe_stream(
+                request.stream,
+                start,
+                Shape::from_original(request.original),
+            )
             .await
             .or_status()?;
         Ok(Response::new(subscription_stream(

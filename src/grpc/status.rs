@@ -44,7 +44,8 @@ pub fn status(error: Error) -> Status {
         }
         Error::StreamNotFound(_)
         | Error::SubscriptionNotFound(_)
-        | Error::ProjectionNotFound(_) => Status::not_found(message),
+        | Error::ProjectionNotFound(_)
+        | Error::UpcasterNotFound(_) => Status::not_found(message),
         Error::FailedPrecondition(_) => Status::failed_precondition(message),
         Error::Aborted(_) => Status::aborted(message),
         Error::Unavailable(_) | Error::DatabaseUnavailable(_) => Status::unavailable(message),

@@ -44,6 +44,7 @@ async fn first_subscribed_revision(app: &mut TestApp, stream: &str) -> u64 {
     let mut subscription = app
         .client
         .subscribe_stream(pb::SubscribeStreamRequest {
+            original: false,
             stream: stream.into(),
             start: Some(pb::subscribe_stream_request::Start::FromRevision(0)),
         })

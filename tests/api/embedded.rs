@@ -115,6 +115,7 @@ async fn without_a_database_url_it_runs_a_private_postgres_kept_across_restarts(
         .await
         .unwrap();
     let request = pb::ReadStreamRequest {
+        original: false,
         stream: "embedded".into(),
         from_revision: 0,
         direction: 0,

@@ -37,6 +37,7 @@ async fn connect_when_ready(port: u16) -> EventStoreServiceClient<Channel> {
         {
             let mut client = EventStoreServiceClient::new(channel);
             let probe = pb::ReadAllRequest {
+                original: false,
                 after_position: 0,
                 direction: 0,
                 max_count: 1,

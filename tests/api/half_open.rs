@@ -197,6 +197,7 @@ async fn a_live_subscriber_gets_events_while_its_hubs_listen_connection_is_half_
         .client()
         .await
         .subscribe_all(pb::SubscribeAllRequest {
+            original: false,
             start: None,
             filter: None,
             checkpoint_interval: 0,

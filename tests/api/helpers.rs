@@ -376,6 +376,7 @@ impl TestApp {
         max_count: u64,
     ) -> Result<Vec<pb::RecordedEvent>, tonic::Status> {
         let request = pb::ReadStreamRequest {
+            original: false,
             stream: stream.into(),
             from_revision,
             direction: direction as i32,
@@ -396,6 +397,7 @@ pub async fn read_all_from(
     max_count: u64,
 ) -> Result<Vec<pb::RecordedEvent>, tonic::Status> {
     let request = pb::ReadAllRequest {
+        original: false,
         after_position,
         direction: direction as i32,
         max_count,
@@ -404,7 +406,7 @@ pub async fn read_all_from(
 }
 
 /// The events of a read, whichever read's response type carries them.
-async fn collect<T>(
+pub async fn collect<T>(
     mut stream: tonic::Streaming<T>,
     event_of: fn(T) -> Option<pb::RecordedEvent>,
 ) -> Result<Vec<pb::RecordedEvent>, tonic::Status> {

@@ -25,4 +25,5 @@ mod shutdown;
 mod snapshots;
 mod sockets;
 mod subscribe;
+mod upcast;
 mod writer;

@@ -735,6 +735,7 @@ async fn subscribe_loop(
             return received;
         }
         let request = pb::SubscribeAllRequest {
+            original: false,
             start: Some(Start::AfterPosition(received.last().map_or(0, |e| e.0))),
             filter: None,
             checkpoint_interval: 0,

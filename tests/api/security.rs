@@ -69,6 +69,7 @@ async fn codes(channel: Channel, token: Option<&str>) -> Vec<(&'static str, Code
             code(
                 store
                     .subscribe_stream(pb::SubscribeStreamRequest {
+                        original: false,
                         stream: "sec-0".into(),
                         start: None,
                     })

@@ -35,6 +35,7 @@ async fn load(
     let mut messages = app
         .client
         .read_stream(pb::ReadStreamRequest {
+            original: false,
             stream: stream.into(),
             from_revision,
             direction: Direction::Forwards as i32,
@@ -148,6 +149,7 @@ async fn a_stream_loads_from_its_latest_snapshot_and_the_events_after_it() {
     let backwards = app
         .client
         .read_stream(pb::ReadStreamRequest {
+            original: false,
             stream: "cart".into(),
             from_revision: u64::MAX,
             direction: Direction::Backwards as i32,

@@ -169,6 +169,7 @@ impl ServerProcess {
         loop {
             if let Ok(mut client) = EventStoreServiceClient::connect(endpoint.clone()).await {
                 let probe = pb::ReadAllRequest {
+                    original: false,
                     after_position: 0,
                     direction: 0,
                     max_count: 1,
@@ -458,6 +459,7 @@ async fn workloads(
         for _ in 0..5 {
             let started = Instant::now();
             let request = pb::ReadStreamRequest {
+                original: false,
                 stream: stream.clone(),
                 from_revision: 0,
                 direction: 0,
@@ -501,6 +503,7 @@ async fn workloads(
         progress("W3 ReadAll");
         let started = Instant::now();
         let request = pb::ReadAllRequest {
+            original: false,
             after_position: 0,
             direction: 0,
             max_count: 0,
@@ -538,6 +541,58 @@ async fn workloads(
             "",
             read_all / theirs,
             subscribe / theirs
+        );
+
+        // The same read through an upcaster of one event type in five (ProductRemoved), then
+        // with `original` (the upcaster still registered).
+        progress("W3 ReadAll through an upcaster");
+        let mut admin = AdminServiceClient::connect(server.endpoint.clone())
+            .await
+            .map_err(|e| Error::Unavailable(e.to_string()))?;
+        let upcaster = pb::RegisterUpcasterRequest {
+            source: Some(pb::register_upcaster_request::Source::Definition(
+                pb::UpcasterDefinition {
+                    name: "bench_removed".into(),
+                    event_type: "ProductRemoved".into(),
+                    from_version: None,
+                    to_type: Some("ProductRemovedV2".into()),
+                    to_version: None,
+                    data: "$data || jsonb_build_object('reason', 'unknown')".into(),
+                    metadata: None,
+                },
+            )),
+        };
+        admin.register_upcaster(upcaster).await.map_err(status)?;
+        // The server reloads its upcast types on the catalog notification.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut shaped = Vec::new();
+        for (original, name) in [
+            (false, "highwater ReadAll, 1 type in 5 upcast"),
+            (true, "highwater ReadAll, same, original = true"),
+        ] {
+            let started = Instant::now();
+            let request = pb::ReadAllRequest {
+                original,
+                after_position: 0,
+                direction: 0,
+                max_count: 0,
+            };
+            let read =
+                drain_read(client.read_all(request).await.map_err(status)?.into_inner()).await?;
+            shaped.push(row(name, read, started.elapsed(), None, ""));
+        }
+        admin
+            .delete_upcaster(pb::DeleteUpcasterRequest {
+                name: "bench_removed".into(),
+            })
+            .await
+            .map_err(status)?;
+        println!(
+            "{:<44} ratio upcast/plain ReadAll = {:.2}, original/plain = {:.2}, upcast/raw = {:.2}",
+            "",
+            shaped[0] / read_all,
+            shaped[1] / read_all,
+            shaped[0] / theirs
         );
     }
 
@@ -758,6 +813,7 @@ async fn drain_read<T>(mut stream: tonic::Streaming<T>) -> Result<u64> {
 
 async fn read_all_last(client: &mut EventStoreServiceClient<Channel>) -> Result<u64> {
     let request = pb::ReadAllRequest {
+        original: false,
         after_position: u64::MAX,
         direction: pb::Direction::Backwards as i32,
         max_count: 1,
@@ -810,6 +866,7 @@ async fn fill_log(server: &ServerProcess, events: u64) -> Result<()> {
 
 async fn catch_up(client: &mut EventStoreServiceClient<Channel>) -> Result<u64> {
     let request = pb::SubscribeAllRequest {
+        original: false,
         start: Some(pb::subscribe_all_request::Start::AfterPosition(0)),
         filter: None,
         checkpoint_interval: 0,
@@ -837,6 +894,7 @@ async fn subscribe_live(
     client: &mut EventStoreServiceClient<Channel>,
 ) -> Result<tonic::Streaming<pb::SubscribeAllResponse>> {
     let request = pb::SubscribeAllRequest {
+        original: false,
         start: Some(pb::subscribe_all_request::Start::End(())),
         filter: None,
         checkpoint_interval: 0,

@@ -250,6 +250,7 @@ async fn print_read<T>(
 pub async fn read(args: ReadArgs) -> CliResult {
     let (direction, start) = direction(args.backwards);
     let request = pb::ReadStreamRequest {
+        original: false,
         stream: args.stream.clone(),
         from_revision: args.from.unwrap_or(start),
         direction: direction as i32,
@@ -268,6 +269,7 @@ pub async fn read(args: ReadArgs) -> CliResult {
 pub async fn read_all(args: ReadAllArgs) -> CliResult {
     let (direction, start) = direction(args.backwards);
     let request = pb::ReadAllRequest {
+        original: false,
         after_position: args.after.unwrap_or(start),
         direction: direction as i32,
         max_count: args.limit.unwrap_or(0),
@@ -334,6 +336,7 @@ async fn follow_reconnecting(
             (None, None) => Start::End(()),
         };
         let request = pb::SubscribeAllRequest {
+            original: false,
             start: Some(start),
             filter: Some(filter.clone()),
             checkpoint_interval: 0,

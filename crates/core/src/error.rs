@@ -41,6 +41,9 @@ pub enum Error {
     #[error("projection {0:?} not found")]
     ProjectionNotFound(String),
 
+    #[error("upcaster {0:?} not found")]
+    UpcasterNotFound(String),
+
     /// The request is valid but the system is not in a state to perform it (a projection's
     /// handler failed, a rebuild is running elsewhere...).
     #[error("{0}")]

@@ -18,3 +18,5 @@ pub mod shutdown;
 pub mod store;
 /// Subscriptions: the LISTEN/NOTIFY hub and catch-up-then-live subscribers.
 pub mod subscribe;
+/// Upcasters: events read in a newer shape than stored.
+pub mod upcast;

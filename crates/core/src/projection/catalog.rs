@@ -40,6 +40,9 @@ pub struct Catalog {
     /// `log_head.catalog_version` when this catalog was read.
     pub version: i64,
     pub inline: Vec<InlineProjection>,
+    /// Event types some upcaster reads: an event of one may reach any projection's handler as
+    /// its upcast type, so it goes to every apply function (docs/ARCHITECTURE.md, "Upcasting").
+    pub upcast_sources: BTreeSet<String>,
     /// The longest the handlers of one append may run (they run under the log_head lock).
     pub sql_timeout: Duration,
 }
@@ -70,9 +73,14 @@ impl Catalog {
                 version,
             });
         }
+        let upcast_sources: Vec<String> =
+            sqlx::query_scalar("SELECT unnest(highwater_upcasters.sources())")
+                .fetch_all(pool)
+                .await?;
         Ok(Self {
             version,
             inline,
+            upcast_sources: upcast_sources.into_iter().collect(),
             sql_timeout,
         })
     }
@@ -122,7 +130,10 @@ pub async fn apply_inline(
     for projection in &catalog.inline {
         let matching: Vec<&RecordedEvent> = events
             .iter()
-            .filter(|e| projection.event_types.contains(&e.event_type))
+            .filter(|e| {
+                projection.event_types.contains(&e.event_type)
+                    || catalog.upcast_sources.contains(&e.event_type)
+            })
             .collect();
         let (Some(first), Some(last)) = (matching.first(), matching.last()) else {
             continue;

@@ -324,7 +324,9 @@ impl Definition {
             ev_data := CASE WHEN ev_essence = 'application/json' OR ev_essence LIKE '%/%+json'
                             THEN convert_from(ev.data, 'UTF8')::jsonb END;
             CASE ev.type
-{cases}            END CASE;"
+{cases}            ELSE
+                NULL; -- an upcast source whose upcast type has no handler
+            END CASE;"
         );
         Ok(format!(
             "CREATE OR REPLACE FUNCTION {function}(p_after bigint, p_upto bigint, p_limit integer, p_collect boolean)
@@ -340,12 +342,23 @@ DECLARE
     ev_type text;
     applied integer := 0;
     last    bigint := p_after;
+    -- Events of these types are read through the upcasters (docs/ARCHITECTURE.md, \"Upcasting\").
+    upcast_types text[] := highwater_upcasters.sources();
 BEGIN
     BEGIN
-        FOR ev IN SELECT e.position, e.stream, e.revision, e.id, e.type, e.data, e.content_type,
-                         e.metadata, e.recorded_at
+        FOR ev IN SELECT e.position, e.stream, e.revision, e.id, u.type, u.data, e.content_type,
+                         u.metadata, e.recorded_at
                     FROM public.events e
-                   WHERE e.position > p_after AND e.position <= p_upto AND e.type IN ({types})
+                   CROSS JOIN LATERAL (
+                         SELECT c.type, c.data, c.metadata
+                           FROM highwater_upcasters.upcast(e.position, e.stream, e.revision, e.type,
+                                                           e.data, e.content_type, e.metadata) c
+                          WHERE e.type = ANY(upcast_types)
+                         UNION ALL
+                         SELECT e.type, e.data, e.metadata WHERE NOT e.type = ANY(upcast_types)
+                   ) u
+                   WHERE e.position > p_after AND e.position <= p_upto
+                     AND (e.type IN ({types}) OR e.type = ANY(upcast_types))
                    ORDER BY e.position LIMIT p_limit
         LOOP
             last := ev.position;

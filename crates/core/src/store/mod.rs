@@ -9,8 +9,11 @@ pub mod inline;
 pub mod model;
 pub mod reader;
 pub mod snapshots;
+pub mod upcasting;
 pub mod validate;
 pub mod writer;
+
+use std::sync::Arc;
 
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
@@ -33,6 +36,8 @@ pub struct Store {
     writer: Writer,
     limits: Limits,
     erases: deletion::Erases,
+    /// What reads pass their pages through, unless they ask for events as stored.
+    upcasting: Arc<upcasting::Upcasting>,
 }
 
 impl Store {
@@ -42,6 +47,7 @@ impl Store {
         pool: PgPool,
         limits: Limits,
         inline: impl inline::InlineProjections,
+        upcasting: Arc<upcasting::Upcasting>,
         tasks: &Tasks,
     ) -> (Self, JoinHandle<()>) {
         let (writer, task) = Writer::spawn(pool.clone(), inline, tasks);
@@ -51,6 +57,7 @@ impl Store {
                 writer,
                 limits,
                 erases: deletion::Erases::new(tasks.clone()),
+                upcasting,
             },
             task,
         )
@@ -116,6 +123,7 @@ impl Store {
         from_revision: u64,
         direction: Direction,
         max_count: u64,
+        shape: upcasting::Shape,
     ) -> Result<ReadCursor> {
         check_stream(&stream)?;
         if !reader::stream_exists(&self.pool, &stream).await? {
@@ -127,7 +135,8 @@ impl Store {
             from_revision,
             direction,
             max_count,
-        ))
+        )
+        .upcast_with(shape.upcasting(&self.upcasting)))
     }
 
     /// Saves a snapshot of a stream (see [`snapshots`]).
@@ -149,6 +158,7 @@ impl Store {
         stream: String,
         from_revision: u64,
         max_count: u64,
+        shape: upcasting::Shape,
     ) -> Result<(Option<snapshots::Snapshot>, ReadCursor)> {
         check_stream(&stream)?;
         let point = snapshots::load_point(&self.pool, &stream).await?;
@@ -162,7 +172,8 @@ impl Store {
             from_revision.max(after_snapshot),
             max_count,
             point.pinned,
-        );
+        )
+        .upcast_with(shape.upcasting(&self.upcasting));
         Ok((point.snapshot, cursor))
     }
 
@@ -172,8 +183,15 @@ impl Store {
         after_position: u64,
         direction: Direction,
         max_count: u64,
+        shape: upcasting::Shape,
     ) -> ReadCursor {
         ReadCursor::all(self.pool.clone(), after_position, direction, max_count)
+            .upcast_with(shape.upcasting(&self.upcasting))
+    }
+
+    /// The upcasting of this store's reads.
+    pub fn upcasting(&self) -> &Arc<upcasting::Upcasting> {
+        &self.upcasting
     }
 
     /// Answers every append queued so far, then stops the writer.

@@ -1,7 +1,7 @@
 //! Reads of the event log in keyset pages: a page is bounded in rows and in bytes, so a stream of
 //! a million events, or of large events, never sits in memory at once.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use bytes::Bytes;
 use sqlx::{AssertSqlSafe, PgPool, Row, postgres::PgRow};
@@ -11,6 +11,7 @@ use tokio_stream::StreamExt;
 use super::{
     columns::{micros_to_time, to_i64},
     model::{Direction, RecordedEvent},
+    upcasting::Upcasting,
 };
 use crate::{
     error::{Error, Result},
@@ -52,6 +53,8 @@ pub struct ReadCursor {
     /// was read. A page that finds another fails the read, rather than return a snapshot of the
     /// deleted stream followed by the events of the recreated one.
     pinned: Option<PinnedDelete>,
+    /// The upcasters every page passes through; `None` reads events as stored.
+    upcasting: Option<Arc<Upcasting>>,
 }
 
 /// A stream's soft-delete point (`streams.deleted_through`) as a read saw it first.
@@ -74,6 +77,7 @@ impl ReadCursor {
             next_key,
             remaining: limit(max_count),
             pinned: None,
+            upcasting: None,
         }
     }
 
@@ -92,6 +96,7 @@ impl ReadCursor {
             next_key: Some(to_i64(from_revision)),
             remaining: limit(max_count),
             pinned: None,
+            upcasting: None,
         }
     }
 
@@ -108,6 +113,11 @@ impl ReadCursor {
             pinned: Some(pinned),
             ..Self::stream(pool, stream, from_revision, Direction::Forwards, max_count)
         }
+    }
+
+    /// Pages pass through the upcasters (`None`: events as stored).
+    pub fn upcast_with(self, upcasting: Option<Arc<Upcasting>>) -> Self {
+        Self { upcasting, ..self }
     }
 
     /// The next page; empty when the read is complete.
@@ -169,6 +179,9 @@ impl ReadCursor {
             page.push(decode(&row?)?);
         }
         drop(rows);
+        if let Some(upcasting) = &self.upcasting {
+            upcasting.apply(&mut page).await?;
+        }
         if let (Some(pinned), Scope::Stream(stream)) = (self.pinned, &self.scope) {
             let now: Option<i64> =
                 sqlx::query_scalar("SELECT deleted_through FROM streams WHERE stream = $1")

@@ -26,12 +26,13 @@ use tracing::{debug, info, warn};
 
 use super::registry::{Registry, SubscriberStats};
 use crate::{
-    error::Result,
+    error::{Error, Result},
     shutdown::{Tasks, stopped},
     store::{
         self,
         model::{Direction, RecordedEvent},
         reader::ReadCursor,
+        upcasting::{Shape, Upcasting},
     },
 };
 
@@ -50,8 +51,36 @@ const LISTEN_PING_TIMEOUT: Duration = Duration::from_secs(5);
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
-/// Newly committed events, contiguous in position.
-pub type Batch = Arc<[RecordedEvent]>;
+/// Newly committed events, contiguous in position, as stored and through the upcasters (done
+/// once here, before the fan-out).
+pub type Batch = Arc<LiveBatch>;
+
+pub struct LiveBatch {
+    pub stored: Arc<[RecordedEvent]>,
+    pub upcast: Upcast,
+}
+
+/// The batch through the upcasters.
+pub enum Upcast {
+    /// No upcaster reads any of its events.
+    Same,
+    Changed(Arc<[RecordedEvent]>),
+    /// An upcaster failed: subscribers that read upcast events end with this error.
+    Failed(String),
+}
+
+impl LiveBatch {
+    /// The events in the given shape, or the upcasting's failure.
+    pub fn events(&self, shape: Shape) -> Result<&[RecordedEvent]> {
+        match (shape, &self.upcast) {
+            (Shape::Stored, _) | (Shape::Upcast, Upcast::Same) => Ok(&self.stored),
+            (Shape::Upcast, Upcast::Changed(events)) => Ok(events),
+            (Shape::Upcast, Upcast::Failed(message)) => {
+                Err(Error::FailedPrecondition(message.clone()))
+            }
+        }
+    }
+}
 
 pub struct Hub {
     /// Every batch of newly committed events, in position order. A bounded ring shared by all
@@ -67,6 +96,8 @@ pub struct Hub {
     /// may have missed some), for the projection supervisor, which waits on it when idle.
     projection_changes: watch::Sender<u64>,
     registry: Arc<Registry>,
+    /// Live batches pass through it once, and it is reloaded on every catalog notification.
+    upcasting: Arc<Upcasting>,
 }
 
 impl Hub {
@@ -76,6 +107,7 @@ impl Hub {
         pool: PgPool,
         options: &PgConnectOptions,
         registry: Arc<Registry>,
+        upcasting: Arc<Upcasting>,
         live_buffer_batches: usize,
         tasks: &Tasks,
     ) -> Result<(Arc<Self>, JoinHandle<()>)> {
@@ -91,6 +123,7 @@ impl Hub {
             head_changes: watch::Sender::new(head),
             projection_changes: watch::Sender::new(0),
             registry,
+            upcasting,
         });
         let listen_options = options.clone().application_name(APPLICATION_NAME);
         let task = tasks.spawn(
@@ -116,7 +149,17 @@ impl Hub {
         self.projection_changes.subscribe()
     }
 
-    fn projections_changed(&self) {
+    /// The upcasting of this process.
+    pub fn upcasting(&self) -> &Arc<Upcasting> {
+        &self.upcasting
+    }
+
+    async fn projections_changed(&self) {
+        // Upcasters are in the catalog the notifications announce. A failed reload keeps the old
+        // set until the next notification (the hub's reconnections count as one).
+        if let Err(error) = self.upcasting.reload().await {
+            warn!(%error, "cannot read the upcasters again");
+        }
         self.projection_changes.send_modify(|count| *count += 1);
     }
 
@@ -211,7 +254,7 @@ impl Hub {
                             }
                             Err(error) => warn!(%error, "hub cannot LISTEN again yet"),
                         }
-                        self.projections_changed();
+                        self.projections_changed().await;
                     }
                     continue;
                 }
@@ -232,7 +275,7 @@ impl Hub {
                         next = listener.next_buffered();
                     }
                     if projections {
-                        self.projections_changed();
+                        self.projections_changed().await;
                     }
                 }
                 Ok(None) => {
@@ -240,7 +283,7 @@ impl Hub {
                         "hub LISTEN connection was lost and is reconnected; reading what committed meanwhile"
                     );
                     catch_up = true;
-                    self.projections_changed();
+                    self.projections_changed().await;
                     crate::metrics::increment(&crate::metrics::RECORDED.hub_reconnects);
                 }
                 Err(error) => {
@@ -251,7 +294,7 @@ impl Hub {
                     }
                     delay = (delay * 2).min(RETRY_MAX);
                     catch_up = true;
-                    self.projections_changed();
+                    self.projections_changed().await;
                 }
             }
         }
@@ -286,11 +329,29 @@ impl Hub {
             };
             // Publish then advance: a subscriber that reads the head after subscribing has
             // either this batch in its receiver or its events in the database.
-            let _ = self.batches.send(page.into());
+            let stored: Arc<[RecordedEvent]> = page.into();
+            let upcast = self.upcast(&stored).await;
+            let _ = self.batches.send(Arc::new(LiveBatch { stored, upcast }));
             self.head.store(last, Ordering::Release);
             self.head_changes.send_replace(last);
         }
         Ok(())
+    }
+}
+
+impl Hub {
+    async fn upcast(&self, stored: &Arc<[RecordedEvent]>) -> Upcast {
+        if !stored
+            .iter()
+            .any(|event| self.upcasting.reads(&event.event_type))
+        {
+            return Upcast::Same;
+        }
+        let mut events = stored.to_vec();
+        match self.upcasting.apply(&mut events).await {
+            Ok(()) => Upcast::Changed(events.into()),
+            Err(error) => Upcast::Failed(error.to_string()),
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::{
     error::{Error, Result},
     shutdown::Tasks,
-    store::{model::RecordedEvent, validate},
+    store::{model::RecordedEvent, upcasting::Shape, validate},
 };
 pub use filter::Filter;
 use hub::Hub;
@@ -101,6 +101,7 @@ impl Subscriptions {
         filter: Filter,
         checkpoint_interval: u64,
         durable: DurableAccess,
+        shape: Shape,
     ) -> Result<Subscription> {
         let (name, after) = match start {
             AllStart::After(position) => {
@@ -128,6 +129,7 @@ impl Subscriptions {
                 checkpoint_interval: interval,
             },
             name,
+            shape,
         )?;
         self.tasks.spawn("subscriber", follower.start_all(after));
         Ok(subscription)
@@ -137,18 +139,24 @@ impl Subscriptions {
         &self,
         stream: String,
         start: StreamStart,
+        shape: Shape,
     ) -> Result<Subscription> {
         check_name("stream", &stream)?;
         let from = match start {
             StreamStart::From(revision) => Some(revision),
             StreamStart::End => None,
         };
-        let (follower, subscription) = self.follower(Target::Stream { stream }, None)?;
+        let (follower, subscription) = self.follower(Target::Stream { stream }, None, shape)?;
         self.tasks.spawn("subscriber", follower.start_stream(from));
         Ok(subscription)
     }
 
-    fn follower(&self, target: Target, name: Option<String>) -> Result<(Follower, Subscription)> {
+    fn follower(
+        &self,
+        target: Target,
+        name: Option<String>,
+        shape: Shape,
+    ) -> Result<(Follower, Subscription)> {
         let slot = self.slots.clone().try_acquire_owned().map_err(|_| {
             Error::ResourceExhausted(format!(
                 "this server already serves its maximum of {} subscriptions (--max-subscribers)",
@@ -164,7 +172,8 @@ impl Subscriptions {
             outbox,
             self.tasks.clone(),
             slot,
-        );
+        )
+        .shaped(shape);
         Ok((follower, subscription))
     }
 

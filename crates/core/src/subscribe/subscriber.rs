@@ -23,6 +23,7 @@ use crate::{
         self,
         model::{Direction, RecordedEvent},
         reader::{Prefetch, ReadCursor},
+        upcasting::Shape,
     },
 };
 
@@ -61,6 +62,8 @@ pub struct Follower {
     /// The owner of this subscriber's reads ahead.
     tasks: Tasks,
     registration: Registration,
+    /// Whether events come through the upcasters or as stored.
+    shape: Shape,
     /// This subscription's place under --max-subscribers, given back when it ends.
     _slot: OwnedSemaphorePermit,
 }
@@ -88,8 +91,14 @@ impl Follower {
             stop: tasks.stop(),
             tasks,
             registration,
+            shape: Shape::default(),
             _slot: slot,
         }
+    }
+
+    /// Events through the upcasters (the default) or as stored.
+    pub fn shaped(self, shape: Shape) -> Self {
+        Self { shape, ..self }
     }
 
     /// Follows the log after `after` (None: after the current head).
@@ -188,6 +197,7 @@ impl Follower {
                 0,
             ),
         };
+        let cursor = cursor.upcast_with(self.shape.upcasting(self.hub.upcasting()));
         let mut cursor = Prefetch::new(cursor, &self.tasks);
         loop {
             let page = tokio::select! {
@@ -226,7 +236,14 @@ impl Follower {
             };
             match batch {
                 Ok(batch) => {
-                    for event in batch.iter() {
+                    let events = match batch.events(self.shape) {
+                        Ok(events) => events,
+                        Err(error) => {
+                            let _ = self.outbox.send(Err(error)).await;
+                            return Err(Gone);
+                        }
+                    };
+                    for event in events {
                         if self.accept(event) {
                             self.send(SubscriptionMessage::Event(event.clone())).await?;
                         }

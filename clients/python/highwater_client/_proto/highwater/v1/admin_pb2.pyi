@@ -38,6 +38,66 @@ REBUILD_STRATEGY_UNSPECIFIED: RebuildStrategy
 REBUILD_STRATEGY_BLUE_GREEN: RebuildStrategy
 REBUILD_STRATEGY_IN_PLACE: RebuildStrategy
 
+class UpcasterDefinition(_message.Message):
+    __slots__ = ("name", "event_type", "from_version", "to_type", "to_version", "data", "metadata")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    FROM_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TO_TYPE_FIELD_NUMBER: _ClassVar[int]
+    TO_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    event_type: str
+    from_version: str
+    to_type: str
+    to_version: str
+    data: str
+    metadata: str
+    def __init__(self, name: _Optional[str] = ..., event_type: _Optional[str] = ..., from_version: _Optional[str] = ..., to_type: _Optional[str] = ..., to_version: _Optional[str] = ..., data: _Optional[str] = ..., metadata: _Optional[str] = ...) -> None: ...
+
+class RegisterUpcasterRequest(_message.Message):
+    __slots__ = ("definition", "toml")
+    DEFINITION_FIELD_NUMBER: _ClassVar[int]
+    TOML_FIELD_NUMBER: _ClassVar[int]
+    definition: UpcasterDefinition
+    toml: str
+    def __init__(self, definition: _Optional[_Union[UpcasterDefinition, _Mapping]] = ..., toml: _Optional[str] = ...) -> None: ...
+
+class RegisterUpcasterResponse(_message.Message):
+    __slots__ = ("upcaster",)
+    UPCASTER_FIELD_NUMBER: _ClassVar[int]
+    upcaster: UpcasterDefinition
+    def __init__(self, upcaster: _Optional[_Union[UpcasterDefinition, _Mapping]] = ...) -> None: ...
+
+class ListUpcastersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListUpcastersResponse(_message.Message):
+    __slots__ = ("upcasters",)
+    UPCASTERS_FIELD_NUMBER: _ClassVar[int]
+    upcasters: _containers.RepeatedCompositeFieldContainer[RegisteredUpcaster]
+    def __init__(self, upcasters: _Optional[_Iterable[_Union[RegisteredUpcaster, _Mapping]]] = ...) -> None: ...
+
+class RegisteredUpcaster(_message.Message):
+    __slots__ = ("definition", "origin")
+    DEFINITION_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    definition: UpcasterDefinition
+    origin: str
+    def __init__(self, definition: _Optional[_Union[UpcasterDefinition, _Mapping]] = ..., origin: _Optional[str] = ...) -> None: ...
+
+class DeleteUpcasterRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteUpcasterResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class ProjectionDefinition(_message.Message):
     __slots__ = ("name", "version", "mode", "on_error", "setup", "handlers")
     class HandlersEntry(_message.Message):

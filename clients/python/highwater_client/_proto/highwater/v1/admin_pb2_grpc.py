@@ -70,6 +70,21 @@ class AdminServiceStub:
                 request_serializer=highwater_dot_v1_dot_admin__pb2.HardDeleteStreamRequest.SerializeToString,
                 response_deserializer=highwater_dot_v1_dot_admin__pb2.HardDeleteStreamResponse.FromString,
                 _registered_method=True)
+        self.RegisterUpcaster = channel.unary_unary(
+                '/highwater.v1.AdminService/RegisterUpcaster',
+                request_serializer=highwater_dot_v1_dot_admin__pb2.RegisterUpcasterRequest.SerializeToString,
+                response_deserializer=highwater_dot_v1_dot_admin__pb2.RegisterUpcasterResponse.FromString,
+                _registered_method=True)
+        self.ListUpcasters = channel.unary_unary(
+                '/highwater.v1.AdminService/ListUpcasters',
+                request_serializer=highwater_dot_v1_dot_admin__pb2.ListUpcastersRequest.SerializeToString,
+                response_deserializer=highwater_dot_v1_dot_admin__pb2.ListUpcastersResponse.FromString,
+                _registered_method=True)
+        self.DeleteUpcaster = channel.unary_unary(
+                '/highwater.v1.AdminService/DeleteUpcaster',
+                request_serializer=highwater_dot_v1_dot_admin__pb2.DeleteUpcasterRequest.SerializeToString,
+                response_deserializer=highwater_dot_v1_dot_admin__pb2.DeleteUpcasterResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -141,6 +156,32 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterUpcaster(self, request, context):
+        """Registers an upcaster, or replaces the one of the same name. From then on reads,
+        subscriptions and projections see events of its source type (and version) as it computes
+        them; the stored events never change. INVALID_ARGUMENT for an expression that is not one SQL
+        expression or reaches beyond its sandbox, a second upcaster of one source, or a chain that
+        would run in a circle.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListUpcasters(self, request, context):
+        """Every upcaster, by name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteUpcaster(self, request, context):
+        """Deletes an upcaster: its events are read as stored (or through the rest of the chain)
+        again. NOT_FOUND for an unknown name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -178,6 +219,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.HardDeleteStream,
                     request_deserializer=highwater_dot_v1_dot_admin__pb2.HardDeleteStreamRequest.FromString,
                     response_serializer=highwater_dot_v1_dot_admin__pb2.HardDeleteStreamResponse.SerializeToString,
+            ),
+            'RegisterUpcaster': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterUpcaster,
+                    request_deserializer=highwater_dot_v1_dot_admin__pb2.RegisterUpcasterRequest.FromString,
+                    response_serializer=highwater_dot_v1_dot_admin__pb2.RegisterUpcasterResponse.SerializeToString,
+            ),
+            'ListUpcasters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUpcasters,
+                    request_deserializer=highwater_dot_v1_dot_admin__pb2.ListUpcastersRequest.FromString,
+                    response_serializer=highwater_dot_v1_dot_admin__pb2.ListUpcastersResponse.SerializeToString,
+            ),
+            'DeleteUpcaster': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteUpcaster,
+                    request_deserializer=highwater_dot_v1_dot_admin__pb2.DeleteUpcasterRequest.FromString,
+                    response_serializer=highwater_dot_v1_dot_admin__pb2.DeleteUpcasterResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -370,6 +426,87 @@ class AdminService:
             '/highwater.v1.AdminService/HardDeleteStream',
             highwater_dot_v1_dot_admin__pb2.HardDeleteStreamRequest.SerializeToString,
             highwater_dot_v1_dot_admin__pb2.HardDeleteStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterUpcaster(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/highwater.v1.AdminService/RegisterUpcaster',
+            highwater_dot_v1_dot_admin__pb2.RegisterUpcasterRequest.SerializeToString,
+            highwater_dot_v1_dot_admin__pb2.RegisterUpcasterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUpcasters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/highwater.v1.AdminService/ListUpcasters',
+            highwater_dot_v1_dot_admin__pb2.ListUpcastersRequest.SerializeToString,
+            highwater_dot_v1_dot_admin__pb2.ListUpcastersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteUpcaster(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/highwater.v1.AdminService/DeleteUpcaster',
+            highwater_dot_v1_dot_admin__pb2.DeleteUpcasterRequest.SerializeToString,
+            highwater_dot_v1_dot_admin__pb2.DeleteUpcasterResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -77,28 +77,32 @@ class AppendResponse(_message.Message):
     def __init__(self, first_revision: _Optional[int] = ..., last_revision: _Optional[int] = ..., first_position: _Optional[int] = ..., last_position: _Optional[int] = ...) -> None: ...
 
 class ReadStreamRequest(_message.Message):
-    __slots__ = ("stream", "from_revision", "direction", "max_count", "from_latest_snapshot")
+    __slots__ = ("stream", "from_revision", "direction", "max_count", "from_latest_snapshot", "original")
     STREAM_FIELD_NUMBER: _ClassVar[int]
     FROM_REVISION_FIELD_NUMBER: _ClassVar[int]
     DIRECTION_FIELD_NUMBER: _ClassVar[int]
     MAX_COUNT_FIELD_NUMBER: _ClassVar[int]
     FROM_LATEST_SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    ORIGINAL_FIELD_NUMBER: _ClassVar[int]
     stream: str
     from_revision: int
     direction: Direction
     max_count: int
     from_latest_snapshot: bool
-    def __init__(self, stream: _Optional[str] = ..., from_revision: _Optional[int] = ..., direction: _Optional[_Union[Direction, str]] = ..., max_count: _Optional[int] = ..., from_latest_snapshot: _Optional[bool] = ...) -> None: ...
+    original: bool
+    def __init__(self, stream: _Optional[str] = ..., from_revision: _Optional[int] = ..., direction: _Optional[_Union[Direction, str]] = ..., max_count: _Optional[int] = ..., from_latest_snapshot: _Optional[bool] = ..., original: _Optional[bool] = ...) -> None: ...
 
 class ReadAllRequest(_message.Message):
-    __slots__ = ("after_position", "direction", "max_count")
+    __slots__ = ("after_position", "direction", "max_count", "original")
     AFTER_POSITION_FIELD_NUMBER: _ClassVar[int]
     DIRECTION_FIELD_NUMBER: _ClassVar[int]
     MAX_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ORIGINAL_FIELD_NUMBER: _ClassVar[int]
     after_position: int
     direction: Direction
     max_count: int
-    def __init__(self, after_position: _Optional[int] = ..., direction: _Optional[_Union[Direction, str]] = ..., max_count: _Optional[int] = ...) -> None: ...
+    original: bool
+    def __init__(self, after_position: _Optional[int] = ..., direction: _Optional[_Union[Direction, str]] = ..., max_count: _Optional[int] = ..., original: _Optional[bool] = ...) -> None: ...
 
 class ReadStreamResponse(_message.Message):
     __slots__ = ("event", "snapshot")
@@ -188,28 +192,32 @@ class Filter(_message.Message):
     def __init__(self, stream_prefixes: _Optional[_Iterable[str]] = ..., event_types: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SubscribeAllRequest(_message.Message):
-    __slots__ = ("after_position", "end", "subscription", "filter", "checkpoint_interval")
+    __slots__ = ("after_position", "end", "subscription", "filter", "checkpoint_interval", "original")
     AFTER_POSITION_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    ORIGINAL_FIELD_NUMBER: _ClassVar[int]
     after_position: int
     end: _empty_pb2.Empty
     subscription: str
     filter: Filter
     checkpoint_interval: int
-    def __init__(self, after_position: _Optional[int] = ..., end: _Optional[_Union[_empty_pb2.Empty, _Mapping]] = ..., subscription: _Optional[str] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., checkpoint_interval: _Optional[int] = ...) -> None: ...
+    original: bool
+    def __init__(self, after_position: _Optional[int] = ..., end: _Optional[_Union[_empty_pb2.Empty, _Mapping]] = ..., subscription: _Optional[str] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., checkpoint_interval: _Optional[int] = ..., original: _Optional[bool] = ...) -> None: ...
 
 class SubscribeStreamRequest(_message.Message):
-    __slots__ = ("stream", "from_revision", "end")
+    __slots__ = ("stream", "from_revision", "end", "original")
     STREAM_FIELD_NUMBER: _ClassVar[int]
     FROM_REVISION_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
+    ORIGINAL_FIELD_NUMBER: _ClassVar[int]
     stream: str
     from_revision: int
     end: _empty_pb2.Empty
-    def __init__(self, stream: _Optional[str] = ..., from_revision: _Optional[int] = ..., end: _Optional[_Union[_empty_pb2.Empty, _Mapping]] = ...) -> None: ...
+    original: bool
+    def __init__(self, stream: _Optional[str] = ..., from_revision: _Optional[int] = ..., end: _Optional[_Union[_empty_pb2.Empty, _Mapping]] = ..., original: _Optional[bool] = ...) -> None: ...
 
 class SubscribeAllResponse(_message.Message):
     __slots__ = ("event", "checkpoint", "caught_up", "fell_behind")

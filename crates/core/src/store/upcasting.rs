@@ -1,0 +1,192 @@
+//! Events read through the upcasters (docs/ARCHITECTURE.md, "Upcasting"): a page whose events
+//! no upcaster reads costs nothing more; one with such events sends those (and only those) to
+//! `highwater_upcasters.upcast` in one statement. The statement runs in a read-only transaction
+//! that is rolled back, under a statement timeout: whatever an expression changes in the session
+//! (`set_config(..., false)`) goes with the rollback, and a slow expression ends.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use sqlx::{AssertSqlSafe, PgPool, Row};
+
+use super::model::RecordedEvent;
+use crate::error::{Error, Result};
+
+/// SQLSTATE the dispatcher raises for an upcaster that fails on an event.
+const UPCASTER_FAILED: &str = "HWU01";
+/// SQLSTATE of a statement cancelled by `statement_timeout`.
+const QUERY_CANCELED: &str = "57014";
+
+/// How a read returns events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Shape {
+    /// Through the upcasters (the default).
+    #[default]
+    Upcast,
+    /// As stored, byte for byte (a request's `original` flag).
+    Stored,
+}
+
+impl Shape {
+    pub fn from_original(original: bool) -> Self {
+        if original { Self::Stored } else { Self::Upcast }
+    }
+
+    /// The upcasting a read of this shape passes its pages through.
+    pub fn upcasting(self, upcasting: &Arc<Upcasting>) -> Option<Arc<Upcasting>> {
+        match self {
+            Self::Upcast => Some(upcasting.clone()),
+            Self::Stored => None,
+        }
+    }
+}
+
+/// The event types the database's upcasters read, kept current by [`Upcasting::reload`] (on
+/// every catalog notification); the upcasting itself is done by the database's dispatcher, so a
+/// set a moment old only delays when a new upcaster applies.
+pub struct Upcasting {
+    pool: PgPool,
+    /// Read on every page, replaced on reload: a lock held for a copy of an `Arc` only.
+    sources: RwLock<Arc<BTreeSet<String>>>,
+    /// The longest the upcasters of one page may run.
+    timeout: Duration,
+}
+
+impl Upcasting {
+    pub async fn load(pool: PgPool, timeout: Duration) -> Result<Arc<Self>> {
+        let upcasting = Arc::new(Self {
+            pool,
+            sources: RwLock::new(Arc::default()),
+            timeout,
+        });
+        upcasting.reload().await?;
+        Ok(upcasting)
+    }
+
+    /// Reads the set of upcast types again.
+    pub async fn reload(&self) -> Result<()> {
+        let types: Vec<String> = sqlx::query_scalar("SELECT unnest(highwater_upcasters.sources())")
+            .fetch_all(&self.pool)
+            .await?;
+        let types: BTreeSet<String> = types.into_iter().collect();
+        *self.sources.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(types);
+        Ok(())
+    }
+
+    fn sources(&self) -> Arc<BTreeSet<String>> {
+        self.sources
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether some upcaster reads events of this type.
+    pub fn reads(&self, event_type: &str) -> bool {
+        self.sources().contains(event_type)
+    }
+
+    /// Upcasts the page's events in place. FAILED_PRECONDITION names the upcaster and the event
+    /// when one fails: an event is never dropped or passed on as stored instead.
+    pub async fn apply(&self, page: &mut [RecordedEvent]) -> Result<()> {
+        let sources = self.sources();
+        if sources.is_empty() {
+            return Ok(());
+        }
+        let chosen: Vec<usize> = page
+            .iter()
+            .enumerate()
+            .filter(|(_, event)| sources.contains(&event.event_type))
+            .map(|(index, _)| index)
+            .collect();
+        if chosen.is_empty() {
+            return Ok(());
+        }
+        let events = || chosen.iter().map(|&index| &page[index]);
+        let positions: Vec<i64> = events().map(|e| e.position as i64).collect();
+        let streams: Vec<&str> = events().map(|e| e.stream.as_str()).collect();
+        let revisions: Vec<i64> = events().map(|e| e.revision as i64).collect();
+        let types: Vec<&str> = events().map(|e| e.event_type.as_str()).collect();
+        let data: Vec<&[u8]> = events().map(|e| e.data.as_ref()).collect();
+        let content_types: Vec<&str> = events().map(|e| e.content_type.as_str()).collect();
+        let metadata: Vec<serde_json::Value> = events()
+            .map(|e| serde_json::to_value(&e.metadata).unwrap_or_default())
+            .collect();
+
+        let mut connection = self.pool.acquire().await?;
+        sqlx::query("BEGIN READ ONLY")
+            .execute(&mut *connection)
+            .await?;
+        let result = async {
+            // A number of milliseconds: no input reaches the text.
+            sqlx::query(AssertSqlSafe(format!(
+                "SET LOCAL statement_timeout = {}",
+                self.timeout.as_millis().max(1)
+            )))
+            .execute(&mut *connection)
+            .await?;
+            sqlx::query(
+                "SELECT u.type, u.data, u.metadata::text AS metadata
+                   FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::bytea[],
+                               $6::text[], $7::jsonb[])
+                        WITH ORDINALITY AS e(position, stream, revision, type, data,
+                                             content_type, metadata, n),
+                        LATERAL highwater_upcasters.upcast(e.position, e.stream, e.revision, e.type,
+                                                           e.data, e.content_type, e.metadata) u
+                  ORDER BY e.n",
+            )
+            .bind(&positions)
+            .bind(&streams)
+            .bind(&revisions)
+            .bind(&types)
+            .bind(&data)
+            .bind(&content_types)
+            .bind(&metadata)
+            .fetch_all(&mut *connection)
+            .await
+        }
+        .await;
+        // Rolled back whatever happened: nothing of the expressions stays on the connection.
+        let rolled_back = sqlx::query("ROLLBACK").execute(&mut *connection).await;
+        if rolled_back.is_err() {
+            // Still in the transaction, or broken: not given back to the pool.
+            connection.close_on_drop();
+        }
+        let rows = result.map_err(|error| self.failure(error))?;
+        rolled_back?;
+        if rows.len() != chosen.len() {
+            return Err(Error::Internal(format!(
+                "upcasting returned {} events for {}",
+                rows.len(),
+                chosen.len()
+            )));
+        }
+        for (row, &index) in rows.iter().zip(&chosen) {
+            let event = &mut page[index];
+            event.event_type = row.try_get("type")?;
+            event.data = Bytes::from(row.try_get::<Vec<u8>, _>("data")?);
+            let metadata: String = row.try_get("metadata")?;
+            event.metadata = serde_json::from_str::<HashMap<String, String>>(&metadata)
+                .map_err(|error| Error::Internal(format!("upcast metadata: {error}")))?;
+        }
+        Ok(())
+    }
+
+    fn failure(&self, error: sqlx::Error) -> Error {
+        match &error {
+            sqlx::Error::Database(db) if db.code().as_deref() == Some(UPCASTER_FAILED) => {
+                Error::FailedPrecondition(db.message().to_string())
+            }
+            sqlx::Error::Database(db) if db.code().as_deref() == Some(QUERY_CANCELED) => {
+                Error::FailedPrecondition(format!(
+                    "the upcasters of a page took longer than {} ms",
+                    self.timeout.as_millis()
+                ))
+            }
+            _ => Error::from(error),
+        }
+    }
+}

@@ -1,0 +1,465 @@
+//! Upcasters: events read in a newer shape, through chains, in every read path, with the stored
+//! bytes unchanged; failures a user sees; expressions kept in their sandbox.
+
+use std::time::Duration;
+
+use highwater::pb::{self, admin_service_client::AdminServiceClient};
+use tokio_stream::StreamExt;
+use tonic::{Code, transport::Channel};
+
+use crate::{
+    helpers::*,
+    projection::{admin, rebuild, register_toml, wait_active},
+};
+
+fn upcaster(
+    name: &str,
+    event_type: &str,
+    from_version: Option<&str>,
+    to_type: Option<&str>,
+    to_version: Option<&str>,
+    data: &str,
+) -> pb::RegisterUpcasterRequest {
+    pb::RegisterUpcasterRequest {
+        source: Some(pb::register_upcaster_request::Source::Definition(
+            pb::UpcasterDefinition {
+                name: name.into(),
+                event_type: event_type.into(),
+                from_version: from_version.map(Into::into),
+                to_type: to_type.map(Into::into),
+                to_version: to_version.map(Into::into),
+                data: data.into(),
+                metadata: None,
+            },
+        )),
+    }
+}
+
+/// An Order event of a schema version (none: no version key).
+fn order(version: Option<&str>, json: &str) -> pb::ProposedEvent {
+    let mut event = json_event("Order", json);
+    if let Some(version) = version {
+        event
+            .metadata
+            .insert("schema_version".into(), version.into());
+    }
+    event
+}
+
+fn json(event: &pb::RecordedEvent) -> serde_json::Value {
+    serde_json::from_slice(&event.data).unwrap()
+}
+
+async fn read_stream_shaped(
+    app: &mut TestApp,
+    stream: &str,
+    original: bool,
+) -> Result<Vec<pb::RecordedEvent>, tonic::Status> {
+    let request = pb::ReadStreamRequest {
+        stream: stream.into(),
+        from_revision: 0,
+        direction: pb::Direction::Forwards as i32,
+        max_count: 0,
+        from_latest_snapshot: false,
+        original,
+    };
+    collect(app.client.read_stream(request).await?.into_inner(), |m| {
+        m.event
+    })
+    .await
+}
+
+/// v1 -> v2 adds `currency`, v2 -> v3 renames `amount` to `total`.
+async fn register_chain(admin: &mut AdminServiceClient<Channel>) {
+    admin
+        .register_upcaster(upcaster(
+            "order_v1",
+            "Order",
+            Some("1"),
+            None,
+            Some("2"),
+            "$data || '{\"currency\": \"EUR\"}'",
+        ))
+        .await
+        .unwrap();
+    admin
+        .register_upcaster(upcaster(
+            "order_v2",
+            "Order",
+            Some("2"),
+            None,
+            Some("3"),
+            "($data - 'amount') || jsonb_build_object('total', $data->'amount')",
+        ))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_chain_upcasts_every_read_path_and_the_stored_events_stay() {
+    let mut app = TestApp::spawn().await;
+    let mut admin = admin(app.server.endpoint()).await;
+    register_chain(&mut admin).await;
+    app.append(append_request(
+        "order-1",
+        None,
+        vec![
+            order(Some("1"), r#"{"amount": 5}"#),
+            order(Some("2"), r#"{"amount": 6, "currency": "USD"}"#),
+            order(Some("3"), r#"{"total": 7, "currency": "GBP"}"#),
+            json_event("Other", r#"{"amount": 8}"#),
+        ],
+    ))
+    .await
+    .unwrap();
+
+    let expected = [
+        serde_json::json!({"total": 5, "currency": "EUR"}),
+        serde_json::json!({"total": 6, "currency": "USD"}),
+        serde_json::json!({"total": 7, "currency": "GBP"}),
+        serde_json::json!({"amount": 8}),
+    ];
+    let upcast = read_stream_shaped(&mut app, "order-1", false)
+        .await
+        .unwrap();
+    assert_eq!(upcast.iter().map(json).collect::<Vec<_>>(), expected);
+    for event in &upcast[..3] {
+        assert_eq!(
+            event.metadata.get("schema_version").map(String::as_str),
+            Some("3")
+        );
+    }
+    let all = app.read_all().await;
+    assert_eq!(all.iter().map(json).collect::<Vec<_>>(), expected);
+
+    // As stored, byte for byte.
+    let stored = read_stream_shaped(&mut app, "order-1", true).await.unwrap();
+    assert_eq!(stored[0].data.as_ref(), br#"{"amount": 5}"#);
+    assert_eq!(
+        stored[0].metadata.get("schema_version").map(String::as_str),
+        Some("1")
+    );
+    let mut connection = app.database.connect().await;
+    let raw: Vec<u8> = sqlx::query_scalar("SELECT data FROM events WHERE position = 1")
+        .fetch_one(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(raw, br#"{"amount": 5}"#);
+
+    // A subscription: the catch-up, then a live event (upcast once in the hub).
+    let request = pb::SubscribeAllRequest {
+        start: Some(pb::subscribe_all_request::Start::AfterPosition(0)),
+        filter: None,
+        checkpoint_interval: 0,
+        original: false,
+    };
+    let mut subscription = app
+        .client
+        .subscribe_all(request)
+        .await
+        .unwrap()
+        .into_inner();
+    let mut received = Vec::new();
+    let mut appended_live = false;
+    while received.len() < 5 {
+        let message = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+            .await
+            .expect("subscription delivers")
+            .unwrap()
+            .unwrap();
+        match message.content {
+            Some(pb::subscribe_all_response::Content::Event(event)) => received.push(event),
+            Some(pb::subscribe_all_response::Content::CaughtUp(_)) if !appended_live => {
+                appended_live = true;
+                app.append(append_request(
+                    "order-2",
+                    None,
+                    vec![order(Some("1"), r#"{"amount": 9}"#)],
+                ))
+                .await
+                .unwrap();
+            }
+            _ => {}
+        }
+    }
+    assert!(appended_live, "the live event came after the catch-up");
+    assert_eq!(
+        json(&received[4]),
+        serde_json::json!({"total": 9, "currency": "EUR"})
+    );
+    assert_eq!(json(&received[0]), expected[0]);
+}
+
+#[tokio::test]
+async fn an_upcaster_that_fails_is_an_error_naming_it_and_the_event() {
+    let mut app = TestApp::spawn().await;
+    let mut admin = admin(app.server.endpoint()).await;
+    admin
+        .register_upcaster(upcaster(
+            "strict",
+            "Price",
+            None,
+            Some("PriceV2"),
+            None,
+            "jsonb_build_object('cents', (($data->>'amount')::numeric * 100)::bigint)",
+        ))
+        .await
+        .unwrap();
+    let mut bad = json_event("Price", r#"{"amount": "not a number"}"#);
+    bad.metadata.insert("k".into(), "v".into());
+    app.append(append_request(
+        "price-1",
+        None,
+        vec![json_event("Price", r#"{"amount": 2.5}"#), bad],
+    ))
+    .await
+    .unwrap();
+    let status = read_stream_shaped(&mut app, "price-1", false)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("upcaster strict") && status.message().contains("position 2"),
+        "{status:?}"
+    );
+    // The stored events are still there, as stored.
+    let stored = read_stream_shaped(&mut app, "price-1", true).await.unwrap();
+    assert_eq!(stored.len(), 2);
+
+    // A non-JSON event of an upcast type fails too, rather than pass as stored.
+    let mut binary = json_event("Price", "");
+    binary.content_type = "application/octet-stream".into();
+    binary.data = vec![1, 2, 3].into();
+    app.append(append_request("price-2", None, vec![binary]))
+        .await
+        .unwrap();
+    let status = read_stream_shaped(&mut app, "price-2", false)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("not JSON"), "{status:?}");
+
+    // Deleted, the events are read as stored again; a second delete is NOT_FOUND.
+    admin
+        .delete_upcaster(pb::DeleteUpcasterRequest {
+            name: "strict".into(),
+        })
+        .await
+        .unwrap();
+    // The reload follows the catalog notification.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match read_stream_shaped(&mut app, "price-1", false).await {
+            Ok(events) => {
+                assert_eq!(events[0].r#type, "Price");
+                break;
+            }
+            Err(status) => assert!(std::time::Instant::now() < deadline, "{status:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = admin
+        .delete_upcaster(pb::DeleteUpcasterRequest {
+            name: "strict".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+}
+
+#[tokio::test]
+async fn circles_and_second_upcasters_of_a_source_are_refused() {
+    let app = TestApp::spawn().await;
+    let mut admin = admin(app.server.endpoint()).await;
+    register_chain(&mut admin).await;
+    for (request, field) in [
+        (
+            upcaster("back", "Order", Some("3"), None, Some("1"), "$data"),
+            "circle",
+        ),
+        (
+            upcaster("again", "Order", Some("1"), Some("Other"), None, "$data"),
+            "already reads",
+        ),
+        (
+            upcaster("same", "Order", Some("5"), None, Some("5"), "$data"),
+            "change the version",
+        ),
+    ] {
+        let status = admin.register_upcaster(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(field), "{field}: {status:?}");
+    }
+    let listed = admin
+        .list_upcasters(pb::ListUpcastersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .upcasters;
+    let names: Vec<_> = listed
+        .iter()
+        .map(|u| u.definition.as_ref().unwrap().name.as_str())
+        .collect();
+    assert_eq!(names, ["order_v1", "order_v2"]);
+}
+
+#[tokio::test]
+async fn upcaster_sql_cannot_leave_its_sandbox() {
+    // One pooled connection: whatever an expression left on its session would meet the next
+    // append.
+    let mut app = TestApp::spawn_configured(|config| config.database.pool_size = 1, &[]).await;
+    let mut admin = admin(app.server.endpoint()).await;
+    let program =
+        std::env::temp_dir().join(format!("highwater-pwned-{}", uuid::Uuid::new_v4().simple()));
+    let touch = format!(
+        "(SELECT $data FROM (SELECT 1) x); COPY (SELECT 1) TO PROGRAM 'touch {}'; SELECT ($data",
+        program.display()
+    );
+    let refused = [
+        touch.as_str(),
+        "$data); DELETE FROM public.events; SELECT ($data",
+        "(SELECT to_jsonb(count(*)) FROM public.events)",
+        "(SELECT to_jsonb(position) FROM public.log_head)",
+        "to_jsonb(pg_read_file('/etc/hostname'))",
+        "to_jsonb(lo_import('/etc/hostname'))",
+        "to_jsonb(pg_advisory_lock(1))",
+        "to_jsonb(pg_advisory_unlock_all())",
+        "(SELECT to_jsonb(count(*)) FROM public.upcasters)",
+        "$data || '{\"x\": \"\\\\\"}'",
+        "$data $highwater_upcaster$",
+    ];
+    for (index, data) in refused.iter().enumerate() {
+        let status = admin
+            .register_upcaster(upcaster(
+                &format!("escape_{index}"),
+                "Order",
+                None,
+                Some("Escaped"),
+                None,
+                data,
+            ))
+            .await
+            .expect_err(data);
+        assert_eq!(status.code(), Code::InvalidArgument, "{data}: {status:?}");
+    }
+    assert!(!program.exists(), "a program ran on the database host");
+
+    // Session settings changed by an expression do not outlive the read that ran it.
+    admin
+        .register_upcaster(upcaster(
+            "settings",
+            "Order",
+            None,
+            Some("Settled"),
+            None,
+            "(SELECT $data FROM (SELECT set_config('default_transaction_read_only', 'on', false), \
+              set_config('search_path', 'nowhere', false)) s)",
+        ))
+        .await
+        .unwrap();
+    app.append(append_request("order-1", None, vec![order(None, "{}")]))
+        .await
+        .unwrap();
+    let events = read_stream_shaped(&mut app, "order-1", false)
+        .await
+        .unwrap();
+    assert_eq!(events[0].r#type, "Settled");
+    // The same (only) connection still writes, and finds the server's tables.
+    let next = app
+        .append(append_request("order-1", None, vec![order(None, "{}")]))
+        .await
+        .unwrap();
+    assert_eq!(next.first_position, 2);
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&mut app.database.connect().await)
+        .await
+        .unwrap();
+    assert_eq!(stored, 2);
+}
+
+async fn totals(app: &TestApp, view: &str) -> Vec<(i64, Option<String>)> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT position, total FROM projections.{view} ORDER BY position"
+    )))
+    .fetch_all(&mut app.database.connect().await)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn projections_see_upcast_events_and_a_rebuild_sees_a_new_upcaster() {
+    let mut app = TestApp::spawn().await;
+    let mut admin = admin(app.server.endpoint()).await;
+    app.append(append_request(
+        "order-1",
+        None,
+        vec![order(Some("1"), r#"{"amount": 5}"#)],
+    ))
+    .await
+    .unwrap();
+    for (name, mode) in [("inline_totals", "inline"), ("async_totals", "async")] {
+        let toml = format!(
+            "name = {name:?}\nmode = {mode:?}\nsetup = \"CREATE TABLE {{{{table}}}} (position bigint PRIMARY KEY, total text)\"\n\
+             [handlers]\nOrder = \"INSERT INTO {{{{table}}}} VALUES ($position, $data->>'total')\"\n"
+        );
+        admin
+            .register_projection(register_toml(&toml))
+            .await
+            .unwrap();
+        wait_active(&mut admin, name, 1, Duration::from_secs(10)).await;
+    }
+    // Built before any upcaster: the stored shape has no `total`.
+    assert_eq!(totals(&app, "inline_totals").await, [(1, None)]);
+
+    register_chain(&mut admin).await;
+    // A v1 event that an upcaster turns into a type no handler has: applied as nothing.
+    admin
+        .register_upcaster(upcaster(
+            "legacy",
+            "Legacy",
+            None,
+            Some("Unhandled"),
+            None,
+            "$data",
+        ))
+        .await
+        .unwrap();
+    app.append(append_request(
+        "order-2",
+        None,
+        vec![
+            order(Some("1"), r#"{"amount": 6}"#),
+            json_event("Legacy", "{}"),
+        ],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        totals(&app, "inline_totals").await,
+        [(1, None), (2, Some("6".into()))]
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while totals(&app, "async_totals").await.len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "async projection applied nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        totals(&app, "async_totals").await,
+        [(1, None), (2, Some("6".into()))]
+    );
+
+    // Rebuilt, the first event is read through the upcasters too.
+    let progress = rebuild(&mut admin, "inline_totals", pb::RebuildStrategy::BlueGreen).await;
+    assert_eq!(
+        progress.last().map(|p| p.phase),
+        Some(pb::rebuild_progress::Phase::Done as i32),
+        "{progress:?}"
+    );
+    assert_eq!(
+        totals(&app, "inline_totals").await,
+        [(1, Some("5".into())), (2, Some("6".into()))]
+    );
+}
