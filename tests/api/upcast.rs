@@ -463,3 +463,50 @@ async fn projections_see_upcast_events_and_a_rebuild_sees_a_new_upcaster() {
         [(1, Some("5".into())), (2, Some("6".into()))]
     );
 }
+
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+
+#[tokio::test]
+async fn upcaster_files_are_registered_at_start_before_the_projections() {
+    let projections = format!("{EXAMPLES}/projections");
+    let upcasters = format!("{EXAMPLES}/upcasters");
+    let mut app =
+        TestApp::spawn_with(&["--upcasters", &upcasters, "--projections", &projections]).await;
+    let mut admin = admin(app.server.endpoint()).await;
+    wait_active(&mut admin, "cart_summary", 1, Duration::from_secs(10)).await;
+    let mut old = json_event("ProductAdded", r#"{"sku": "apple", "qty": 3}"#);
+    old.metadata.insert("schema_version".into(), "1".into());
+    app.append(append_request(
+        "cart-1",
+        None,
+        vec![
+            old,
+            json_event("ProductAdded", r#"{"sku": "pear", "quantity": 2}"#),
+        ],
+    ))
+    .await
+    .unwrap();
+    let items: i32 = sqlx::query_scalar(
+        "SELECT item_count FROM projections.cart_summary WHERE cart_id = 'cart-1'",
+    )
+    .fetch_one(&mut app.database.connect().await)
+    .await
+    .unwrap();
+    assert_eq!(items, 5);
+    let events = read_stream_shaped(&mut app, "cart-1", false).await.unwrap();
+    assert_eq!(
+        json(&events[0]),
+        serde_json::json!({"sku": "apple", "quantity": 3})
+    );
+    let listed = admin
+        .list_upcasters(pb::ListUpcastersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .upcasters;
+    assert_eq!(listed.len(), 1);
+    assert!(
+        listed[0].origin.ends_with("product_added_v1.toml"),
+        "{listed:?}"
+    );
+}

@@ -189,11 +189,16 @@ class AsyncClient:
         from_revision: Optional[int] = None,
         backwards: bool = False,
         limit: Optional[int] = None,
+        original: bool = False,
     ) -> AsyncIterator[RecordedEvent]:
         if from_revision is None:
             from_revision = U64_MAX if backwards else 0
         request = event_store_pb2.ReadStreamRequest(
-            stream=stream, from_revision=from_revision, direction=_direction(backwards), max_count=limit or 0
+            stream=stream,
+            from_revision=from_revision,
+            direction=_direction(backwards),
+            max_count=limit or 0,
+            original=original,
         )
         async for message in self._stream(lambda: self.event_store.ReadStream(request, metadata=self._metadata)):
             yield RecordedEvent.from_proto(message.event)
@@ -203,11 +208,12 @@ class AsyncClient:
         after_position: Optional[int] = None,
         backwards: bool = False,
         limit: Optional[int] = None,
+        original: bool = False,
     ) -> AsyncIterator[RecordedEvent]:
         if after_position is None:
             after_position = U64_MAX if backwards else 0
         request = event_store_pb2.ReadAllRequest(
-            after_position=after_position, direction=_direction(backwards), max_count=limit or 0
+            after_position=after_position, direction=_direction(backwards), max_count=limit or 0, original=original
         )
         async for message in self._stream(lambda: self.event_store.ReadAll(request, metadata=self._metadata)):
             yield RecordedEvent.from_proto(message.event)
@@ -334,6 +340,26 @@ class AsyncClient:
         )
         r = await self._call(self.admin.RegisterProjection, request, retry=False)
         return ProjectionInfo.from_proto(r.projection)
+
+    async def register_upcaster(
+        self, toml: Optional[str] = None, *, definition: Optional[admin_pb2.UpcasterDefinition] = None
+    ) -> admin_pb2.UpcasterDefinition:
+        if (toml is None) == (definition is None):
+            raise ValueError("give exactly one of toml and definition")
+        request = (
+            admin_pb2.RegisterUpcasterRequest(toml=toml)
+            if toml is not None
+            else admin_pb2.RegisterUpcasterRequest(definition=definition)
+        )
+        r = await self._call(self.admin.RegisterUpcaster, request, retry=False)
+        return r.upcaster
+
+    async def list_upcasters(self) -> List[admin_pb2.RegisteredUpcaster]:
+        r = await self._call(self.admin.ListUpcasters, admin_pb2.ListUpcastersRequest())
+        return list(r.upcasters)
+
+    async def delete_upcaster(self, name: str) -> None:
+        await self._call(self.admin.DeleteUpcaster, admin_pb2.DeleteUpcasterRequest(name=name), retry=False)
 
     async def list_system_messages(
         self, projection: str = "", kind: SystemMessageKind = "", include_archived: bool = False, limit: int = 0

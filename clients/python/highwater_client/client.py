@@ -392,11 +392,14 @@ class Client:
         from_revision: Optional[int] = None,
         backwards: bool = False,
         limit: Optional[int] = None,
+        original: bool = False,
     ) -> Iterator[RecordedEvent]:
         """Iterates over a stream's events, from `from_revision` (inclusive).
 
         `from_revision` defaults to the stream's start, or to its last event when reading
-        backwards. Raises NotFound (when iterated) if the stream does not exist.
+        backwards. Events come through the server's upcasters unless `original` is true (then as
+        stored). Raises NotFound (when iterated) if the stream does not exist, FailedPrecondition
+        if an upcaster fails on an event.
         """
         if from_revision is None:
             from_revision = U64_MAX if backwards else 0
@@ -405,6 +408,7 @@ class Client:
             from_revision=from_revision,
             direction=_direction(backwards),
             max_count=limit or 0,
+            original=original,
         )
         messages = self._stream(lambda: self.event_store.ReadStream(request))
         return (RecordedEvent.from_proto(m.event) for m in messages)
@@ -492,8 +496,9 @@ class Client:
         after_position: Optional[int] = None,
         backwards: bool = False,
         limit: Optional[int] = None,
+        original: bool = False,
     ) -> Iterator[RecordedEvent]:
-        """Iterates over the global log.
+        """Iterates over the global log (through the upcasters unless `original` is true).
 
         Forwards: events with positions above `after_position` (default 0, the whole log).
         Backwards: positions at or below `after_position` (default: from the last event) downwards.
@@ -504,6 +509,7 @@ class Client:
             after_position=after_position,
             direction=_direction(backwards),
             max_count=limit or 0,
+            original=original,
         )
         messages = self._stream(lambda: self.event_store.ReadAll(request))
         return (RecordedEvent.from_proto(m.event) for m in messages)
@@ -615,6 +621,31 @@ class Client:
             else admin_pb2.RegisterProjectionRequest(definition=definition)
         )
         return ProjectionInfo.from_proto(self._call(self.admin.RegisterProjection, request, retry=False).projection)
+
+    # --- Upcasters -------------------------------------------------------------------------------
+
+    def register_upcaster(
+        self, toml: Optional[str] = None, *, definition: Optional[admin_pb2.UpcasterDefinition] = None
+    ) -> admin_pb2.UpcasterDefinition:
+        """Registers (or replaces, by name) an upcaster from the text of a TOML definition file or
+        a structured UpcasterDefinition; returns it as stored. InvalidArgument names what the
+        server refused. Reads then return upcast events unless asked for `original` ones."""
+        if (toml is None) == (definition is None):
+            raise ValueError("give exactly one of toml and definition")
+        request = (
+            admin_pb2.RegisterUpcasterRequest(toml=toml)
+            if toml is not None
+            else admin_pb2.RegisterUpcasterRequest(definition=definition)
+        )
+        return self._call(self.admin.RegisterUpcaster, request, retry=False).upcaster
+
+    def list_upcasters(self) -> List[admin_pb2.RegisteredUpcaster]:
+        """Every upcaster with where it came from, by name."""
+        return list(self._call(self.admin.ListUpcasters, admin_pb2.ListUpcastersRequest()).upcasters)
+
+    def delete_upcaster(self, name: str) -> None:
+        """Deletes an upcaster (its events are read as stored again); NotFound if unknown."""
+        self._call(self.admin.DeleteUpcaster, admin_pb2.DeleteUpcasterRequest(name=name), retry=False)
 
     def get_projection(self, name: str) -> ProjectionInfo:
         """One projection's status; NotFound for an unknown name."""

@@ -21,6 +21,8 @@ import {
   OnError,
   type ProjectionDefinition,
   type ProjectionInfo,
+  type RegisteredUpcaster,
+  type UpcasterDefinition,
   ProjectionMode,
   type RebuildProgress,
   RebuildProgress_Phase,
@@ -108,6 +110,8 @@ export interface ReadStreamOptions {
   backwards?: boolean;
   /** The most events to return (default: all). */
   limit?: Uint64Input;
+  /** Events as stored, not through the server's upcasters (default false). */
+  original?: boolean;
 }
 
 export interface ReadAllOptions {
@@ -120,6 +124,8 @@ export interface ReadAllOptions {
   backwards?: boolean;
   /** The most events to return (default: all). */
   limit?: Uint64Input;
+  /** Events as stored, not through the server's upcasters (default false). */
+  original?: boolean;
 }
 
 /** A snapshot to save: the state of a stream as of `revision`, that event included. */
@@ -191,6 +197,8 @@ export interface SubscribeAllOptions extends SubscriptionOptions {
   filter?: EventFilter;
   /** Ask for a checkpoint at least every this many scanned events (server default 1000). */
   checkpointInterval?: number;
+  /** Events as stored, not through the server's upcasters (default false). */
+  original?: boolean;
 }
 
 export interface SubscribeStreamOptions extends SubscriptionOptions {
@@ -198,6 +206,8 @@ export interface SubscribeStreamOptions extends SubscriptionOptions {
   fromRevision?: Uint64Input;
   /** Start at the end: only what commits after the call. */
   fromEnd?: boolean;
+  /** Events as stored, not through the server's upcasters (default false). */
+  original?: boolean;
 }
 
 export interface RebuildOptions {
@@ -447,6 +457,7 @@ export class Client {
       direction: backwards ? Direction.DIRECTION_BACKWARDS : Direction.DIRECTION_FORWARDS,
       maxCount: options.limit === undefined ? 0n : toUint64(options.limit, "limit"),
       fromLatestSnapshot: false,
+      original: options.original ?? false,
     };
     return new ReadResult(() => this.eventStore.readStream(request), this.retry);
   }
@@ -474,7 +485,7 @@ export class Client {
 
   /** The stream's latest snapshot and the events after it. NOT_FOUND if the stream does not exist. */
   async readFromSnapshot(stream: string): Promise<SnapshotRead> {
-    const request = { stream, fromRevision: 0n, direction: Direction.DIRECTION_FORWARDS, maxCount: 0n, fromLatestSnapshot: true };
+    const request = { stream, fromRevision: 0n, direction: Direction.DIRECTION_FORWARDS, maxCount: 0n, fromLatestSnapshot: true, original: false };
     let snapshot: Snapshot | undefined;
     const events: RecordedEvent[] = [];
     for await (const message of iterateRetrying<ReadStreamResponse>(() => this.eventStore.readStream(request), this.retry)) {
@@ -535,6 +546,7 @@ export class Client {
         : toUint64(options.afterPosition, "afterPosition"),
       direction: backwards ? Direction.DIRECTION_BACKWARDS : Direction.DIRECTION_FORWARDS,
       maxCount: options.limit === undefined ? 0n : toUint64(options.limit, "limit"),
+      original: options.original ?? false,
     };
     return new ReadResult(() => this.eventStore.readAll(request), this.retry);
   }
@@ -564,6 +576,7 @@ export class Client {
           start: sub.position === undefined ? initialStart : { $case: "afterPosition", value: sub.position },
           filter,
           checkpointInterval,
+          original: options.original ?? false,
         };
         return this.eventStore.subscribeAll(request);
       },
@@ -587,6 +600,7 @@ export class Client {
         this.eventStore.subscribeStream({
           stream,
           start: sub.revision === undefined ? initialStart : { $case: "fromRevision", value: sub.revision + 1n },
+          original: options.original ?? false,
         }),
       isNew: (sub, event) => sub.revision === undefined || event.revision > sub.revision,
     }, options);
@@ -653,6 +667,34 @@ export class Client {
       this.adminService.registerProjection(request, new Metadata(), this.unaryOptions(), cb)
     );
     return required(response.projection, "projection");
+  }
+
+  /**
+   * Registers (or replaces, by name) an upcaster from the TOML text of an upcaster file; returns
+   * it as stored. Reads then return upcast events unless `original` is set.
+   */
+  async registerUpcaster(toml: string): Promise<UpcasterDefinition> {
+    const request = { source: { $case: "toml" as const, value: toml } };
+    const response = await unary<{ upcaster?: UpcasterDefinition | undefined }>((cb) =>
+      this.adminService.registerUpcaster(request, new Metadata(), this.unaryOptions(), cb)
+    );
+    return required(response.upcaster, "upcaster");
+  }
+
+  /** Every upcaster with where it came from, by name. */
+  async listUpcasters(): Promise<RegisteredUpcaster[]> {
+    const response = await unary<{ upcasters: RegisteredUpcaster[] }>((cb) =>
+      this.adminService.listUpcasters({}, new Metadata(), this.unaryOptions(), cb),
+      this.retry,
+    );
+    return response.upcasters;
+  }
+
+  /** Deletes an upcaster (its events are read as stored again); NOT_FOUND if unknown. */
+  async deleteUpcaster(name: string): Promise<void> {
+    await unary<object>((cb) =>
+      this.adminService.deleteUpcaster({ name }, new Metadata(), this.unaryOptions(), cb)
+    );
   }
 
   /** One projection's status; NOT_FOUND for an unknown one. */

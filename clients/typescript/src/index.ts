@@ -55,6 +55,8 @@ export type { RecordedEvent, Snapshot, SubscriptionInfo } from "./gen/highwater/
 export {
   type ProjectionDefinition,
   type ProjectionInfo,
+  type RegisteredUpcaster,
+  type UpcasterDefinition,
   type ProjectionVersion,
   type RebuildProgress,
   RebuildProgress_Phase,
