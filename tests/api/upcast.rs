@@ -510,3 +510,81 @@ async fn upcaster_files_are_registered_at_start_before_the_projections() {
         "{listed:?}"
     );
 }
+
+/// Found by review: an upcaster failing on one event used to fail the whole apply call outside
+/// the per-event blocks, so a projection with on_error = "skip" lost the events around it.
+#[tokio::test]
+async fn an_upcaster_failing_on_one_event_is_one_dead_letter_for_a_skipping_projection() {
+    let mut app = TestApp::spawn().await;
+    let mut admin = admin(app.server.endpoint()).await;
+    admin
+        .register_upcaster(upcaster(
+            "counted",
+            "Count",
+            None,
+            Some("CountV2"),
+            None,
+            "jsonb_build_object('n', ($data->>'n')::int)",
+        ))
+        .await
+        .unwrap();
+    for (name, mode) in [("inline_skipper", "inline"), ("async_skipper", "async")] {
+        let toml = format!(
+            "name = {name:?}\nmode = {mode:?}\non_error = \"skip\"\n\
+             setup = \"CREATE TABLE {{{{table}}}} (position bigint PRIMARY KEY, n int)\"\n\
+             [handlers]\nCountV2 = \"INSERT INTO {{{{table}}}} VALUES ($position, ($data->>'n')::int)\"\n"
+        );
+        admin
+            .register_projection(register_toml(&toml))
+            .await
+            .unwrap();
+        wait_active(&mut admin, name, 1, Duration::from_secs(10)).await;
+    }
+    let events = (0..5)
+        .map(|i| {
+            if i == 2 {
+                json_event("Count", r#"{"n": "two"}"#)
+            } else {
+                json_event("Count", &format!(r#"{{"n": {i}}}"#))
+            }
+        })
+        .collect();
+    app.append(append_request("count-1", None, events))
+        .await
+        .unwrap();
+    let expected: Vec<(i64, Option<i32>)> =
+        vec![(1, Some(0)), (2, Some(1)), (4, Some(3)), (5, Some(4))];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    for name in ["inline_skipper", "async_skipper"] {
+        loop {
+            let rows: Vec<(i64, Option<i32>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT position, n FROM projections.{name} ORDER BY position"
+            )))
+            .fetch_all(&mut app.database.connect().await)
+            .await
+            .unwrap();
+            if rows == expected {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{name}: {rows:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let dead = admin
+            .list_system_messages(pb::ListSystemMessagesRequest {
+                projection: name.into(),
+                kind: "dead_letter".into(),
+                include_archived: false,
+                limit: 10,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .messages;
+        assert_eq!(dead.len(), 1, "{name}: {dead:?}");
+        assert_eq!(dead[0].position, 3, "{name}: {dead:?}");
+        assert!(
+            dead[0].reason.contains("upcaster counted"),
+            "{name}: {dead:?}"
+        );
+    }
+}

@@ -318,7 +318,18 @@ impl Definition {
             .collect::<Vec<_>>()
             .join(", ");
         let apply = format!(
-            "-- The same rule as validate::is_json_content_type, in ASCII whatever the locale.
+            "-- Read through the upcasters (docs/ARCHITECTURE.md, \"Upcasting\"), inside the
+            -- event's own block: an upcaster's failure is this event's failure (a dead letter with
+            -- on_error = \"skip\"), never the whole call's.
+            IF ev.type = ANY(upcast_types) THEN
+                SELECT u.type, u.data, u.metadata INTO upcast
+                  FROM highwater_upcasters.upcast(ev.position, ev.stream, ev.revision, ev.type,
+                                                  ev.data, ev.content_type, ev.metadata) u;
+                ev.type := upcast.type;
+                ev.data := upcast.data;
+                ev.metadata := upcast.metadata;
+            END IF;
+            -- The same rule as validate::is_json_content_type, in ASCII whatever the locale.
             ev_essence := translate(btrim(split_part(ev.content_type, ';', 1), ' '),
                                     'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz');
             ev_data := CASE WHEN ev_essence = 'application/json' OR ev_essence LIKE '%/%+json'
@@ -344,19 +355,12 @@ DECLARE
     last    bigint := p_after;
     -- Events of these types are read through the upcasters (docs/ARCHITECTURE.md, \"Upcasting\").
     upcast_types text[] := highwater_upcasters.sources();
+    upcast  record;
 BEGIN
     BEGIN
-        FOR ev IN SELECT e.position, e.stream, e.revision, e.id, u.type, u.data, e.content_type,
-                         u.metadata, e.recorded_at
+        FOR ev IN SELECT e.position, e.stream, e.revision, e.id, e.type, e.data, e.content_type,
+                         e.metadata, e.recorded_at
                     FROM public.events e
-                   CROSS JOIN LATERAL (
-                         SELECT c.type, c.data, c.metadata
-                           FROM highwater_upcasters.upcast(e.position, e.stream, e.revision, e.type,
-                                                           e.data, e.content_type, e.metadata) c
-                          WHERE e.type = ANY(upcast_types)
-                         UNION ALL
-                         SELECT e.type, e.data, e.metadata WHERE NOT e.type = ANY(upcast_types)
-                   ) u
                    WHERE e.position > p_after AND e.position <= p_upto
                      AND (e.type IN ({types}) OR e.type = ANY(upcast_types))
                    ORDER BY e.position LIMIT p_limit

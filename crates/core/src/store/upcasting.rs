@@ -1,6 +1,6 @@
 //! Events read through the upcasters (docs/ARCHITECTURE.md, "Upcasting"): a page whose events
 //! no upcaster reads costs nothing more; one with such events sends those (and only those) to
-//! `highwater_upcasters.upcast` in one statement. The statement runs in a read-only transaction
+//! `highwater_upcasters.upcast_fast` in one statement. The statement runs in a read-only transaction
 //! that is rolled back, under a statement timeout: whatever an expression changes in the session
 //! (`set_config(..., false)`) goes with the rollback, and a slow expression ends.
 
@@ -20,6 +20,20 @@ use crate::error::{Error, Result};
 const UPCASTER_FAILED: &str = "HWU01";
 /// SQLSTATE of a statement cancelled by `statement_timeout`.
 const QUERY_CANCELED: &str = "57014";
+/// The dispatchers the registration generates (`upcast::definition::Dispatcher`).
+const FAST_DISPATCHER: &str = "highwater_upcasters.upcast_fast";
+const CHECKED_DISPATCHER: &str = "highwater_upcasters.upcast";
+
+/// The events of a page that some upcaster reads, as the arrays the statement takes.
+struct Batch<'a> {
+    positions: Vec<i64>,
+    streams: Vec<&'a str>,
+    revisions: Vec<i64>,
+    types: Vec<&'a str>,
+    data: Vec<&'a [u8]>,
+    content_types: Vec<&'a str>,
+    metadata: Vec<serde_json::Value>,
+}
 
 /// How a read returns events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -106,57 +120,30 @@ impl Upcasting {
             return Ok(());
         }
         let events = || chosen.iter().map(|&index| &page[index]);
-        let positions: Vec<i64> = events().map(|e| e.position as i64).collect();
-        let streams: Vec<&str> = events().map(|e| e.stream.as_str()).collect();
-        let revisions: Vec<i64> = events().map(|e| e.revision as i64).collect();
-        let types: Vec<&str> = events().map(|e| e.event_type.as_str()).collect();
-        let data: Vec<&[u8]> = events().map(|e| e.data.as_ref()).collect();
-        let content_types: Vec<&str> = events().map(|e| e.content_type.as_str()).collect();
-        let metadata: Vec<serde_json::Value> = events()
-            .map(|e| serde_json::to_value(&e.metadata).unwrap_or_default())
-            .collect();
-
-        let mut connection = self.pool.acquire().await?;
-        sqlx::query("BEGIN READ ONLY")
-            .execute(&mut *connection)
-            .await?;
-        let result = async {
-            // A number of milliseconds: no input reaches the text.
-            sqlx::query(AssertSqlSafe(format!(
-                "SET LOCAL statement_timeout = {}",
-                self.timeout.as_millis().max(1)
-            )))
-            .execute(&mut *connection)
-            .await?;
-            sqlx::query(
-                "SELECT u.type, u.data, u.metadata::text AS metadata
-                   FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::bytea[],
-                               $6::text[], $7::jsonb[])
-                        WITH ORDINALITY AS e(position, stream, revision, type, data,
-                                             content_type, metadata, n),
-                        LATERAL highwater_upcasters.upcast(e.position, e.stream, e.revision, e.type,
-                                                           e.data, e.content_type, e.metadata) u
-                  ORDER BY e.n",
-            )
-            .bind(&positions)
-            .bind(&streams)
-            .bind(&revisions)
-            .bind(&types)
-            .bind(&data)
-            .bind(&content_types)
-            .bind(&metadata)
-            .fetch_all(&mut *connection)
-            .await
-        }
-        .await;
-        // Rolled back whatever happened: nothing of the expressions stays on the connection.
-        let rolled_back = sqlx::query("ROLLBACK").execute(&mut *connection).await;
-        if rolled_back.is_err() {
-            // Still in the transaction, or broken: not given back to the pool.
-            connection.close_on_drop();
-        }
-        let rows = result.map_err(|error| self.failure(error))?;
-        rolled_back?;
+        let batch = Batch {
+            positions: events().map(|e| e.position as i64).collect(),
+            streams: events().map(|e| e.stream.as_str()).collect(),
+            revisions: events().map(|e| e.revision as i64).collect(),
+            types: events().map(|e| e.event_type.as_str()).collect(),
+            data: events().map(|e| e.data.as_ref()).collect(),
+            content_types: events().map(|e| e.content_type.as_str()).collect(),
+            metadata: events()
+                .map(|e| serde_json::to_value(&e.metadata).unwrap_or_default())
+                .collect(),
+        };
+        let rows = match self.run(&batch, FAST_DISPATCHER).await {
+            Ok(rows) => rows,
+            // The fast dispatcher does not say which upcaster failed on which event: the checked
+            // one, on the same events, does (and costs more only on this path).
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() != Some(QUERY_CANCELED) => {
+                let first = sqlx::Error::Database(db);
+                match self.run(&batch, CHECKED_DISPATCHER).await {
+                    Ok(_) => return Err(self.failure(first)),
+                    Err(error) => return Err(self.failure(error)),
+                }
+            }
+            Err(error) => return Err(self.failure(error)),
+        };
         if rows.len() != chosen.len() {
             return Err(Error::Internal(format!(
                 "upcasting returned {} events for {}",
@@ -173,6 +160,57 @@ impl Upcasting {
                 .map_err(|error| Error::Internal(format!("upcast metadata: {error}")))?;
         }
         Ok(())
+    }
+
+    /// One statement over the batch, through `dispatcher`, in a read-only transaction rolled
+    /// back whatever happens: nothing of the expressions stays on the connection.
+    async fn run(
+        &self,
+        batch: &Batch<'_>,
+        dispatcher: &str,
+    ) -> std::result::Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
+        let mut connection = self.pool.acquire().await?;
+        sqlx::query("BEGIN READ ONLY")
+            .execute(&mut *connection)
+            .await?;
+        let result = async {
+            // A number of milliseconds: no input reaches the text.
+            sqlx::query(AssertSqlSafe(format!(
+                "SET LOCAL statement_timeout = {}",
+                self.timeout.as_millis().max(1)
+            )))
+            .execute(&mut *connection)
+            .await?;
+            // The dispatcher is one of two constant names.
+            sqlx::query(AssertSqlSafe(format!(
+                "SELECT u.type, u.data, u.metadata::text AS metadata
+                   FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::bytea[],
+                               $6::text[], $7::jsonb[])
+                        WITH ORDINALITY AS e(position, stream, revision, type, data,
+                                             content_type, metadata, n),
+                        LATERAL {dispatcher}(e.position, e.stream, e.revision, e.type, e.data,
+                                             e.content_type, e.metadata) u
+                  ORDER BY e.n"
+            )))
+            .bind(&batch.positions)
+            .bind(&batch.streams)
+            .bind(&batch.revisions)
+            .bind(&batch.types)
+            .bind(&batch.data)
+            .bind(&batch.content_types)
+            .bind(&batch.metadata)
+            .fetch_all(&mut *connection)
+            .await
+        }
+        .await;
+        let rolled_back = sqlx::query("ROLLBACK").execute(&mut *connection).await;
+        if rolled_back.is_err() {
+            // Still in the transaction, or broken: not given back to the pool.
+            connection.close_on_drop();
+        }
+        let rows = result?;
+        rolled_back?;
+        Ok(rows)
     }
 
     fn failure(&self, error: sqlx::Error) -> Error {

@@ -309,11 +309,32 @@ fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
-/// The dispatcher, `highwater_upcasters.upcast`: follows the chain of an event (at most
-/// [`MAX_CHAIN`] steps), and fails with SQLSTATE `HWU01` naming the upcaster and the event when
-/// a step fails, finds no JSON, or returns what an event cannot hold. Types and versions were
-/// checked to hold no backslash, so the literals mean the same whatever the session's settings.
-pub fn dispatcher_sql(all: &[UpcasterDefinition]) -> String {
+/// The two dispatchers, which follow the chain of an event (at most [`MAX_CHAIN`] steps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dispatcher {
+    /// `highwater_upcasters.upcast`: fails with SQLSTATE `HWU01` naming the upcaster and the
+    /// event when a step fails, finds no JSON, or returns what an event cannot hold. Each step
+    /// runs in an exception block (a subtransaction). Projections call this one.
+    Checked,
+    /// `highwater_upcasters.upcast_fast`: the same without the exception blocks, so an
+    /// expression's own error comes as PostgreSQL raised it; reads call this one and, when it
+    /// fails, read the page again through the checked one to name the upcaster and the event
+    /// (about half the cost per event, measured with psql on 200,000 events).
+    Fast,
+}
+
+impl Dispatcher {
+    pub fn function(self) -> &'static str {
+        match self {
+            Self::Checked => "highwater_upcasters.upcast",
+            Self::Fast => "highwater_upcasters.upcast_fast",
+        }
+    }
+}
+
+/// The dispatcher of the set. Types and versions were checked to hold no backslash, so the
+/// literals mean the same whatever the session's settings.
+pub fn dispatcher_sql(all: &[UpcasterDefinition], dispatcher: Dispatcher) -> String {
     let mut choose = String::new();
     // Versioned upcasters first: they win over the one for every version of their type.
     let mut ordered: Vec<&UpcasterDefinition> = all.iter().collect();
@@ -355,6 +376,17 @@ pub fn dispatcher_sql(all: &[UpcasterDefinition]) -> String {
             to_type = quote_literal(upcaster.target_type()),
         ));
     }
+    let (begin, catch) = match dispatcher {
+        Dispatcher::Checked => (
+            "BEGIN",
+            "EXCEPTION WHEN OTHERS THEN
+            RAISE EXCEPTION 'upcaster % failed on the event at position % (stream %, revision %): %',
+                step, p_position, p_stream, p_revision, SQLERRM USING ERRCODE = 'HWU01';
+        END;",
+        ),
+        Dispatcher::Fast => ("", ""),
+    };
+    let function = dispatcher.function();
     let body = if all.is_empty() {
         String::new()
     } else {
@@ -376,16 +408,13 @@ pub fn dispatcher_sql(all: &[UpcasterDefinition]) -> String {
                     step, p_position, p_stream, p_revision, p_content_type USING ERRCODE = 'HWU01';
             END IF;
         END IF;
-        BEGIN
+        {begin}
             IF doc IS NULL THEN
                 doc := convert_from(data, 'UTF8')::jsonb;
             END IF;
             CASE step
 {steps}            END CASE;
-        EXCEPTION WHEN OTHERS THEN
-            RAISE EXCEPTION 'upcaster % failed on the event at position % (stream %, revision %): %',
-                step, p_position, p_stream, p_revision, SQLERRM USING ERRCODE = 'HWU01';
-        END;
+        {catch}
         IF doc IS NULL THEN
             RAISE EXCEPTION 'upcaster % made no data of the event at position % (stream %, revision %)',
                 step, p_position, p_stream, p_revision USING ERRCODE = 'HWU01';
@@ -404,7 +433,7 @@ pub fn dispatcher_sql(all: &[UpcasterDefinition]) -> String {
         )
     };
     format!(
-        "CREATE OR REPLACE FUNCTION highwater_upcasters.upcast(
+        "CREATE OR REPLACE FUNCTION {function}(
     p_position bigint, p_stream text, p_revision bigint, p_type text, p_data bytea,
     p_content_type text, p_metadata jsonb,
     OUT type text, OUT data bytea, OUT metadata jsonb)

@@ -9,7 +9,7 @@ use std::time::Duration;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, Transaction};
 use tracing::info;
 
-use super::definition::{self, Expression, UpcasterDefinition};
+use super::definition::{self, Dispatcher, Expression, UpcasterDefinition};
 use crate::{
     error::{Error, Result},
     projection::name::ProjectionName,
@@ -299,9 +299,11 @@ async fn install_dispatcher(
     all: &[UpcasterDefinition],
 ) -> Result<()> {
     // Generated from checked definitions (definition::dispatcher_sql).
-    sqlx::query(AssertSqlSafe(definition::dispatcher_sql(all)))
-        .execute(&mut *transaction)
-        .await?;
+    for dispatcher in [Dispatcher::Checked, Dispatcher::Fast] {
+        sqlx::query(AssertSqlSafe(definition::dispatcher_sql(all, dispatcher)))
+            .execute(&mut *transaction)
+            .await?;
+    }
     sqlx::query(AssertSqlSafe(definition::sources_sql(all)))
         .execute(&mut *transaction)
         .await?;
