@@ -195,7 +195,7 @@ impl EmbeddedPostgres {
         let Ok(mut admin) = options.connect().await else {
             return Ok(());
         };
-        sqlx::query("SELECT highwater_restrict_advisory_locks($1)")
+        sqlx::query("SELECT highwater_restrict_sandbox_functions($1)")
             .bind(ROLE)
             .execute(&mut admin)
             .await?;

@@ -145,12 +145,14 @@ impl Drop for TestDatabase {
                     .flatten();
                     let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
                     let _ = sqlx::query(AssertSqlSafe(sql)).execute(&mut admin).await;
-                    // Projection sandbox roles belong to the cluster: hwp_<database oid>_<name>.
+                    // Projection sandbox roles belong to the cluster: hwp_<database oid>_<name>,
+                    // and so does the upcaster role, hwu_<database oid>.
                     if let Some(oid) = oid {
                         let roles: Vec<String> = sqlx::query_scalar(
-                            "SELECT rolname::text FROM pg_roles WHERE rolname LIKE $1",
+                            "SELECT rolname::text FROM pg_roles WHERE rolname LIKE $1 OR rolname = $2",
                         )
                         .bind(format!("hwp\\_{oid}\\_%"))
+                        .bind(format!("hwu_{oid}"))
                         .fetch_all(&mut admin)
                         .await
                         .unwrap_or_default();

@@ -346,6 +346,19 @@ async fn handler_sql_cannot_leave_its_sandbox() {
             "Unlock",
             "INSERT INTO {{table}} SELECT pg_advisory_unlock(1, 2)::text",
         ),
+        // What a commit keeps or a rollback cannot undo (migration 0021).
+        (
+            "LargeObject",
+            "INSERT INTO {{table}} SELECT lo_from_bytea(0, decode('00', 'hex'))::text",
+        ),
+        (
+            "Wal",
+            "INSERT INTO {{table}} SELECT pg_logical_emit_message(false, 'p', 'x')::text",
+        ),
+        (
+            "Notify",
+            "INSERT INTO {{table}} SELECT 'n' FROM (SELECT pg_notify('highwater_appended', '1')) s",
+        ),
     ];
     admin
         .register_projection(register_toml(&with_handlers("q", &handlers)))
@@ -518,11 +531,11 @@ async fn projections_are_refused_while_every_role_may_take_advisory_locks() {
         status.message().contains("pg_try_advisory_lock(bigint)")
             && status
                 .message()
-                .contains("highwater_restrict_advisory_locks"),
+                .contains("highwater_restrict_sandbox_functions"),
         "{status:?}"
     );
     // What the README tells a superuser to run.
-    sqlx::query("SELECT highwater_restrict_advisory_locks(current_user)")
+    sqlx::query("SELECT highwater_restrict_sandbox_functions(current_user)")
         .execute(&mut connection)
         .await
         .unwrap();

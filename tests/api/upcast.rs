@@ -4,8 +4,10 @@
 use std::time::Duration;
 
 use highwater::pb::{self, admin_service_client::AdminServiceClient};
+use sqlx::Connection;
 use tokio_stream::StreamExt;
 use tonic::{Code, transport::Channel};
+use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::{
     helpers::*,
@@ -325,6 +327,10 @@ async fn upcaster_sql_cannot_leave_its_sandbox() {
         "to_jsonb(pg_advisory_lock(1))",
         "to_jsonb(pg_advisory_unlock_all())",
         "(SELECT to_jsonb(count(*)) FROM public.upcasters)",
+        // Effects a rolled-back read cannot undo, or a projection's commit would keep (0021).
+        "to_jsonb(lo_from_bytea(0, decode('00', 'hex')))",
+        "to_jsonb(pg_logical_emit_message(false, 'p', 'x')::text)",
+        "(SELECT $data FROM (SELECT pg_notify('highwater_appended', '1')) s)",
         "$data || '{\"x\": \"\\\\\"}'",
         "$data $highwater_upcaster$",
     ];
@@ -587,4 +593,102 @@ async fn an_upcaster_failing_on_one_event_is_one_dead_letter_for_a_skipping_proj
             "{name}: {dead:?}"
         );
     }
+}
+
+/// The recommended layout (README, Security): the server's user owns its database and has
+/// CREATEROLE, and is no superuser. Found by review: registering an upcaster failed there, as
+/// handing a function to the upcaster role needs that role to have CREATE on the schema.
+#[tokio::test]
+async fn upcasters_work_when_the_server_is_not_a_superuser() {
+    let database = TestDatabase::new();
+    let owner = format!("hw_owner_{}", &database.name["hw_test_".len()..]);
+    let mut superuser = sqlx::PgConnection::connect(admin_url()).await.unwrap();
+    for sql in [
+        format!("CREATE ROLE \"{owner}\" LOGIN CREATEROLE"),
+        format!("CREATE DATABASE \"{}\" OWNER \"{owner}\"", database.name),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut superuser)
+            .await
+            .unwrap();
+    }
+    let url = database
+        .url
+        .replacen("://postgres@", &format!("://{owner}@"), 1);
+    assert_ne!(
+        url, database.url,
+        "the test database URL names the postgres user"
+    );
+    let server = RunningServer::start(config_for(&url, &[])).await;
+    server
+        .wait_for_health(ServingStatus::Serving, Duration::from_secs(30))
+        .await;
+    let mut admin = admin(server.endpoint()).await;
+    let register = || {
+        upcaster(
+            "order_v1",
+            "Order",
+            Some("1"),
+            None,
+            Some("2"),
+            "$data || '{\"v\": 2}'",
+        )
+    };
+
+    // Migrated by a user that is no superuser: advisory locks are still everyone's.
+    let status = admin.register_upcaster(register()).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("highwater_restrict_sandbox_functions"),
+        "{status:?}"
+    );
+    let mut in_database = database.connect().await;
+    sqlx::query("SELECT highwater_restrict_sandbox_functions($1)")
+        .bind(&owner)
+        .execute(&mut in_database)
+        .await
+        .unwrap();
+
+    admin.register_upcaster(register()).await.unwrap();
+    let mut client = server.client().await;
+    client
+        .append(append_request(
+            "order-1",
+            None,
+            vec![order(Some("1"), "{}")],
+        ))
+        .await
+        .unwrap();
+    let request = pb::ReadStreamRequest {
+        stream: "order-1".into(),
+        from_revision: 0,
+        direction: 0,
+        max_count: 0,
+        from_latest_snapshot: false,
+        original: false,
+    };
+    let events = collect(
+        client.read_stream(request).await.unwrap().into_inner(),
+        |m| m.event,
+    )
+    .await
+    .unwrap();
+    assert_eq!(json(&events[0]), serde_json::json!({"v": 2}));
+    admin
+        .delete_upcaster(pb::DeleteUpcasterRequest {
+            name: "order_v1".into(),
+        })
+        .await
+        .unwrap();
+
+    drop((admin, client, in_database));
+    server.stop().await.unwrap();
+    drop(database);
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP ROLE IF EXISTS \"{owner}\""
+    )))
+    .execute(&mut superuser)
+    .await;
 }

@@ -54,14 +54,14 @@ pub async fn ensure(connection: &mut PgConnection, definition: &Definition) -> R
 }
 
 /// Fails closed while the projection's role may take or release advisory locks, the server's
-/// coordination (migrations/0019_sandbox_advisory_locks.sql): a superuser has to take them from
-/// PUBLIC first, which the migration does when it runs as one.
+/// coordination, or call the other functions migrations/0021_sandbox_functions.sql lists: a
+/// superuser has to take them from PUBLIC first, which the migrations do when run by one.
 async fn refuse_open_advisory_locks(
     connection: &mut PgConnection,
     definition: &Definition,
 ) -> Result<()> {
     let open: Option<String> = sqlx::query_scalar(
-        "SELECT highwater_advisory_locks_open_to(highwater_sandbox_role($1)::name) LIMIT 1",
+        "SELECT highwater_sandbox_functions_open_to(highwater_sandbox_role($1)::name) LIMIT 1",
     )
     .bind(definition.name.as_str())
     .fetch_optional(&mut *connection)
@@ -70,8 +70,9 @@ async fn refuse_open_advisory_locks(
         None => Ok(()),
         Some(function) => Err(Error::FailedPrecondition(format!(
             "projection {} cannot run in its sandbox: every database role may call {function}, \
-             and advisory locks are how the server coordinates; a superuser must run \
-             SELECT highwater_restrict_advisory_locks('<the server's database user>') once in \
+             which sandboxed SQL must not (advisory locks are how the server coordinates); a \
+             superuser must run \
+             SELECT highwater_restrict_sandbox_functions('<the server's database user>') once in \
              this database (README, Security)",
             definition.name
         ))),

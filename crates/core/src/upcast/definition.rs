@@ -19,6 +19,8 @@ pub const VERSION_KEY: &str = "schema_version";
 pub const MAX_CHAIN: usize = 32;
 /// The dollar quote of the generated functions' bodies, which no expression may contain.
 const BODY_TAG: &str = "$highwater_upcaster$";
+/// How every dollar quote of the generated SQL starts, which no type or version may contain.
+const GENERATED_TAG_PREFIX: &str = "$highwater_";
 /// The longest schema version.
 const MAX_VERSION_LEN: usize = 64;
 
@@ -81,11 +83,17 @@ impl UpcasterDefinition {
         for (field, text) in [
             ("event_type", Some(&self.event_type)),
             ("to_type", self.to_type.as_ref()),
+            ("from_version", self.from_version.as_ref()),
+            ("to_version", self.to_version.as_ref()),
         ] {
-            if text.is_some_and(|t| t.contains('\\')) {
+            // Spliced into generated functions as literals: a backslash would mean something else
+            // with standard_conforming_strings off, and the bodies' dollar quotes start so.
+            if text.is_some_and(|t| t.contains('\\') || t.contains(GENERATED_TAG_PREFIX)) {
                 violations.push(FieldViolation::new(
                     field,
-                    "a type read through an upcaster must not contain a backslash",
+                    format!(
+                        "a type or version read through an upcaster must contain neither a backslash nor {GENERATED_TAG_PREFIX}"
+                    ),
                 ));
             }
         }
@@ -249,10 +257,12 @@ fn follow<'a>(
     step: &'a UpcasterDefinition,
     path: &mut Vec<&'a str>,
 ) -> Result<()> {
-    let version = match (&step.to_version, &step.from_version) {
-        (Some(to), _) => Version::Known(to.clone()),
-        (None, Some(from)) => Version::Known(from.clone()),
-        (None, None) => Version::Unknown,
+    // The version is written after the metadata expression; without one, a metadata expression
+    // can set any version (found by review: a circle through it passed this check).
+    let version = match (&step.to_version, &step.metadata, &step.from_version) {
+        (Some(to), _, _) => Version::Known(to.clone()),
+        (None, None, Some(from)) => Version::Known(from.clone()),
+        (None, _, _) => Version::Unknown,
     };
     for next in matches(all, step.target_type(), &version) {
         if path.contains(&next.name.as_str()) {
@@ -514,6 +524,24 @@ mod tests {
             upcaster("b", ("B", Some("7")), ("A", Some("7"))),
         ];
         assert!(check_set(&unknown).is_err());
+        // A metadata expression may set any version: found by review.
+        let mut through_metadata = [
+            upcaster("a", ("A", Some("1")), ("B", None)),
+            upcaster("b", ("B", Some("9")), ("A", Some("1"))),
+        ];
+        through_metadata[0].metadata = Some("$metadata || '{\"schema_version\": \"9\"}'".into());
+        check_set(&through_metadata).unwrap_err();
+        through_metadata[0].metadata = None;
+        check_set(&through_metadata).unwrap();
+    }
+
+    #[test]
+    fn types_and_versions_cannot_open_a_dollar_quote() {
+        let mut quoting = upcaster("q", ("T$highwater_dispatch$", Some("1")), ("T", Some("2")));
+        assert!(quoting.check().is_err());
+        quoting.event_type = "T".into();
+        quoting.to_version = Some("$highwater_sources$".into());
+        assert!(quoting.check().is_err());
     }
 
     #[test]

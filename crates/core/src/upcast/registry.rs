@@ -80,6 +80,9 @@ pub async fn register(
 ) -> Result<Registered> {
     definition.check()?;
     let mut connection = pool.acquire().await?;
+    // Not given back to the pool: a PREPARE left by a call cut off before its DEALLOCATE must
+    // not meet another caller.
+    connection.close_on_drop();
     check_expressions(&mut connection, &definition).await?;
     let mut transaction = begin_locked(&mut connection).await?;
     ensure_role(&mut transaction).await?;
@@ -178,18 +181,25 @@ async fn check_expressions(
         let Some(statement) = definition.statement(expression) else {
             continue;
         };
+        let mut transaction = sqlx::Connection::begin(&mut *connection).await?;
         let checked = async {
+            // Planned with the search path its function will have.
+            sqlx::query("SET LOCAL search_path = pg_catalog, pg_temp")
+                .execute(&mut *transaction)
+                .await?;
             // The user's text, but PREPARE only parses and plans it: nothing runs here.
             sqlx::query(AssertSqlSafe(format!(
                 "PREPARE highwater_upcaster_check(jsonb, jsonb) AS {statement}"
             )))
-            .execute(&mut *connection)
+            .execute(&mut *transaction)
             .await?;
             sqlx::query("DEALLOCATE highwater_upcaster_check")
-                .execute(&mut *connection)
+                .execute(&mut *transaction)
                 .await
-        };
-        checked.await.map_err(|error| {
+        }
+        .await;
+        transaction.rollback().await?;
+        checked.map_err(|error| {
             Error::invalid(
                 expression.field(),
                 format!(
@@ -219,15 +229,16 @@ async fn ensure_role(connection: &mut PgConnection) -> Result<()> {
             _ => Error::from(error),
         })?;
     let open: Option<String> = sqlx::query_scalar(
-        "SELECT highwater_advisory_locks_open_to(highwater_upcaster_role()::name) LIMIT 1",
+        "SELECT highwater_sandbox_functions_open_to(highwater_upcaster_role()::name) LIMIT 1",
     )
     .fetch_optional(&mut *connection)
     .await?;
     if let Some(function) = open {
         return Err(Error::FailedPrecondition(format!(
             "upcasters cannot run in their sandbox: every database role may call {function}, and \
-             advisory locks are how the server coordinates; a superuser must run \
-             SELECT highwater_restrict_advisory_locks('<the server's database user>') once in \
+             sandboxed SQL must not (advisory locks are how the server coordinates); a superuser \
+             must run \
+             SELECT highwater_restrict_sandbox_functions('<the server's database user>') once in \
              this database (README, Security)"
         )));
     }
