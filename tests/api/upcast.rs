@@ -692,3 +692,73 @@ async fn upcasters_work_when_the_server_is_not_a_superuser() {
     .execute(&mut superuser)
     .await;
 }
+
+#[tokio::test]
+async fn a_metadata_expression_makes_the_metadata_which_must_stay_strings() {
+    let mut app = TestApp::spawn().await;
+    let mut admin = admin(app.server.endpoint()).await;
+    let with_metadata =
+        |name: &str, event_type: &str, metadata: &str| pb::RegisterUpcasterRequest {
+            source: Some(pb::register_upcaster_request::Source::Definition(
+                pb::UpcasterDefinition {
+                    name: name.into(),
+                    event_type: event_type.into(),
+                    from_version: None,
+                    to_type: Some(format!("{event_type}V2")),
+                    to_version: Some("2".into()),
+                    data: "$data".into(),
+                    metadata: Some(metadata.into()),
+                },
+            )),
+        };
+    admin
+        .register_upcaster(with_metadata(
+            "tagged",
+            "Tagged",
+            "$metadata || jsonb_build_object('upcast_from', $data->>'from')",
+        ))
+        .await
+        .unwrap();
+    admin
+        .register_upcaster(with_metadata("numbered", "Numbered", "'{\"n\": 1}'::jsonb"))
+        .await
+        .unwrap();
+    let mut tagged = json_event("Tagged", r#"{"from": "v1"}"#);
+    tagged.metadata.insert("kept".into(), "yes".into());
+    app.append(append_request("tagged-1", None, vec![tagged]))
+        .await
+        .unwrap();
+    let events = read_stream_shaped(&mut app, "tagged-1", false)
+        .await
+        .unwrap();
+    let metadata: std::collections::BTreeMap<_, _> =
+        events[0].metadata.clone().into_iter().collect();
+    assert_eq!(
+        metadata,
+        [
+            ("kept", "yes"),
+            ("schema_version", "2"),
+            ("upcast_from", "v1")
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into()
+    );
+    assert_eq!(events[0].r#type, "TaggedV2");
+
+    app.append(append_request(
+        "numbered-1",
+        None,
+        vec![json_event("Numbered", "{}")],
+    ))
+    .await
+    .unwrap();
+    let status = read_stream_shaped(&mut app, "numbered-1", false)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("upcaster numbered")
+            && status.message().contains("object of strings"),
+        "{status:?}"
+    );
+}

@@ -217,17 +217,21 @@ impl ReadCursor {
 
 /// A cursor that reads its next page while the caller is busy with the current one, so that
 /// PostgreSQL and the caller work at the same time instead of in turns. At most three pages are
-/// in memory: the caller's, one waiting for it, and one being read.
+/// in memory: the caller's, one waiting for it, and one being read; with upcasting, which runs
+/// as a stage of its own (on another connection, while the next page is read), two more: one
+/// waiting for it and one being upcast.
 pub struct Prefetch {
     /// Pages in order; an empty page or an error is the last.
     pages: mpsc::Receiver<Result<Vec<RecordedEvent>>>,
     reader: JoinHandle<()>,
+    upcaster: Option<JoinHandle<()>>,
 }
 
 impl Prefetch {
-    /// Starts reading ahead, as a task of `tasks`.
+    /// Starts reading ahead, as tasks of `tasks`.
     pub fn new(mut cursor: ReadCursor, tasks: &Tasks) -> Self {
-        let (sender, pages) = mpsc::channel(1);
+        let upcasting = cursor.upcasting.take();
+        let (sender, read) = mpsc::channel(1);
         let reader = tasks.spawn("read-ahead", async move {
             loop {
                 let page = cursor.next_page().await;
@@ -237,7 +241,32 @@ impl Prefetch {
                 }
             }
         });
-        Self { pages, reader }
+        let Some(upcasting) = upcasting else {
+            return Self {
+                pages: read,
+                reader,
+                upcaster: None,
+            };
+        };
+        let (sender, pages) = mpsc::channel(1);
+        let upcaster = tasks.spawn("read-ahead-upcast", async move {
+            let mut read = read;
+            while let Some(page) = read.recv().await {
+                let page = match page {
+                    Ok(mut page) => upcasting.apply(&mut page).await.map(|()| page),
+                    Err(error) => Err(error),
+                };
+                let last = page.as_ref().map_or(true, Vec::is_empty);
+                if sender.send(page).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        Self {
+            pages,
+            reader,
+            upcaster: Some(upcaster),
+        }
     }
 
     /// The next page; empty when the read is complete. Cancel-safe.
@@ -250,6 +279,9 @@ impl Drop for Prefetch {
     /// A caller that stops early (a client went away) stops the read ahead too.
     fn drop(&mut self) {
         self.reader.abort();
+        if let Some(upcaster) = &self.upcaster {
+            upcaster.abort();
+        }
     }
 }
 
