@@ -518,3 +518,47 @@ async fn color_is_off_for_pipes_and_no_color_and_on_when_asked() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn reads_and_tail_print_upcast_events_unless_asked_for_the_original() {
+    let app = TestApp::spawn().await;
+    let mut admin =
+        highwater::pb::admin_service_client::AdminServiceClient::connect(app.server.endpoint())
+            .await
+            .unwrap();
+    admin
+        .register_upcaster(highwater::pb::RegisterUpcasterRequest {
+            source: Some(highwater::pb::register_upcaster_request::Source::Toml(
+                "name = \"renamed\"\nevent_type = \"Old\"\nto_type = \"New\"\n\
+                 data = \"jsonb_build_object('renamed', $data->'name')\"\n"
+                    .into(),
+            )),
+        })
+        .await
+        .unwrap();
+    let appended = run(
+        &app,
+        &[
+            "append",
+            "s-1",
+            "--type",
+            "Old",
+            "--data",
+            r#"{"name":"x"}"#,
+        ],
+    )
+    .await;
+    assert!(appended.success, "{}", appended.stderr);
+    for args in [
+        &["read", "s-1", "--json"][..],
+        &["read-all", "--json"],
+        &["tail", "--from", "0", "--count", "1", "--json"],
+    ] {
+        let upcast = run(&app, args).await.json();
+        assert_eq!(upcast[0]["type"], "New", "{args:?}");
+        assert_eq!(upcast[0]["data"]["renamed"], "x", "{args:?}");
+        let original = run(&app, &[args, &["--original"]].concat()).await.json();
+        assert_eq!(original[0]["type"], "Old", "{args:?}");
+        assert_eq!(original[0]["data"]["name"], "x", "{args:?}");
+    }
+}

@@ -276,6 +276,7 @@ class AsyncClient:
         checkpoint_interval: int = 0,
         checkpoints: bool = False,
         retry: Optional[RetryPolicy] = None,
+        original: bool = False,
     ) -> "AsyncAllSubscription":
         if sum((subscription is not None, after_position is not None, from_end)) > 1:
             raise ValueError("give at most one of subscription, after_position and from_end")
@@ -288,6 +289,7 @@ class AsyncClient:
             checkpoint_interval=checkpoint_interval,
             checkpoints=checkpoints,
             retry=retry or self.retry,
+            original=original,
         )
 
     def subscribe_stream(
@@ -297,8 +299,11 @@ class AsyncClient:
         *,
         checkpoints: bool = False,
         retry: Optional[RetryPolicy] = None,
+        original: bool = False,
     ) -> "AsyncStreamSubscription":
-        return AsyncStreamSubscription(self, stream, from_revision, checkpoints=checkpoints, retry=retry or self.retry)
+        return AsyncStreamSubscription(
+            self, stream, from_revision, checkpoints=checkpoints, retry=retry or self.retry, original=original
+        )
 
     async def save_checkpoint(self, subscription: str, position: int) -> int:
         request = event_store_pb2.SaveCheckpointRequest(subscription=subscription, position=position)
@@ -385,8 +390,9 @@ class _AsyncResumingSubscription:
     (`_open`) and keep that state as messages arrive (`_is_new`, `_advance`). close() (from any
     task) ends it; a cancelled wait (asyncio.wait_for's timeout) loses nothing."""
 
-    def __init__(self, client: AsyncClient, checkpoints: bool, retry: RetryPolicy):
+    def __init__(self, client: AsyncClient, checkpoints: bool, retry: RetryPolicy, original: bool = False):
         self._client = client
+        self._original = original  # events as stored, not through the server's upcasters
         self._checkpoints = checkpoints
         self._retry = retry
         self._closed = False
@@ -500,6 +506,7 @@ class AsyncAllSubscription(_AsyncResumingSubscription):
         checkpoint_interval: int,
         checkpoints: bool,
         retry: RetryPolicy,
+        original: bool = False,
     ):
         self.subscription = subscription
         self.position: Optional[int] = after_position
@@ -507,7 +514,7 @@ class AsyncAllSubscription(_AsyncResumingSubscription):
         self._started = False
         self._filter = filter
         self._checkpoint_interval = checkpoint_interval
-        super().__init__(client, checkpoints, retry)
+        super().__init__(client, checkpoints, retry, original)
 
     async def _prepare(self) -> None:
         if self._started:
@@ -520,7 +527,9 @@ class AsyncAllSubscription(_AsyncResumingSubscription):
             self.position = 0
 
     def _open(self) -> Any:
-        request = event_store_pb2.SubscribeAllRequest(filter=self._filter, checkpoint_interval=self._checkpoint_interval)
+        request = event_store_pb2.SubscribeAllRequest(
+            filter=self._filter, checkpoint_interval=self._checkpoint_interval, original=self._original
+        )
         if self.position is None:
             request.subscription = self.subscription or ""
         else:
@@ -539,13 +548,24 @@ class AsyncStreamSubscription(_AsyncResumingSubscription):
     """SubscribeStream as an async iterator (as StreamSubscription). `next_revision` is the
     revision it will deliver next."""
 
-    def __init__(self, client: AsyncClient, stream: str, from_revision: int, *, checkpoints: bool, retry: RetryPolicy):
+    def __init__(
+        self,
+        client: AsyncClient,
+        stream: str,
+        from_revision: int,
+        *,
+        checkpoints: bool,
+        retry: RetryPolicy,
+        original: bool = False,
+    ):
         self.stream = stream
         self.next_revision = from_revision
-        super().__init__(client, checkpoints, retry)
+        super().__init__(client, checkpoints, retry, original)
 
     def _open(self) -> Any:
-        request = event_store_pb2.SubscribeStreamRequest(stream=self.stream, from_revision=self.next_revision)
+        request = event_store_pb2.SubscribeStreamRequest(
+            stream=self.stream, from_revision=self.next_revision, original=self._original
+        )
         return self._client.event_store.SubscribeStream(request, metadata=self._client._metadata)
 
     def _is_new(self, event: Any) -> bool:

@@ -536,6 +536,7 @@ class Client:
         checkpoint_interval: int = 0,
         checkpoints: bool = False,
         retry: Optional[RetryPolicy] = None,
+        original: bool = False,
     ) -> "AllSubscription":
         """Follows the global log; returns an iterator of RecordedEvent.
 
@@ -545,6 +546,7 @@ class Client:
         resumes right after the last position it received, so it yields every event once, in order.
         It does not save the durable checkpoint: call save_checkpoint() once events are processed.
         With `checkpoints=True` it also yields Checkpoint values (position reached, caught up...).
+        Events come through the server's upcasters unless `original` is true.
         """
         if sum((subscription is not None, after_position is not None, from_end)) > 1:
             raise ValueError("give at most one of subscription, after_position and from_end")
@@ -563,6 +565,7 @@ class Client:
             checkpoint_interval=checkpoint_interval,
             checkpoints=checkpoints,
             retry=retry or self.retry,
+            original=original,
         )
 
     def subscribe_stream(
@@ -572,11 +575,12 @@ class Client:
         *,
         checkpoints: bool = False,
         retry: Optional[RetryPolicy] = None,
+        original: bool = False,
     ) -> "StreamSubscription":
         """Follows one stream from `from_revision` (inclusive), history then live; the stream need
         not exist yet. Reconnects like subscribe_all, resuming after the last revision received."""
         return StreamSubscription(
-            self, stream, from_revision, checkpoints=checkpoints, retry=retry or self.retry
+            self, stream, from_revision, checkpoints=checkpoints, retry=retry or self.retry, original=original
         )
 
     def save_checkpoint(self, subscription: str, position: int) -> int:
@@ -739,8 +743,9 @@ class _ResumingSubscription:
     up to date as messages arrive (`_is_new`, `_advance`). close() (from any thread) ends it.
     """
 
-    def __init__(self, client: Client, checkpoints: bool, retry: RetryPolicy):
+    def __init__(self, client: Client, checkpoints: bool, retry: RetryPolicy, original: bool = False):
         self._client = client
+        self._original = original  # events as stored, not through the server's upcasters
         self._checkpoints = checkpoints
         self._retry = retry
         self._closed = threading.Event()
@@ -845,7 +850,7 @@ class AllSubscription(_ResumingSubscription):
 
     def _open(self):
         request = event_store_pb2.SubscribeAllRequest(
-            filter=self._filter, checkpoint_interval=self._checkpoint_interval
+            filter=self._filter, checkpoint_interval=self._checkpoint_interval, original=self._original
         )
         if self.position is None:
             request.subscription = self.subscription  # first connection: the stored checkpoint
@@ -873,7 +878,7 @@ class StreamSubscription(_ResumingSubscription):
 
     def _open(self):
         request = event_store_pb2.SubscribeStreamRequest(
-            stream=self.stream, from_revision=self.next_revision
+            stream=self.stream, from_revision=self.next_revision, original=self._original
         )
         return self._client.event_store.SubscribeStream(request)
 

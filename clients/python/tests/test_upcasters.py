@@ -28,6 +28,13 @@ def test_reads_are_upcast_unless_original_is_asked_for(client):
     assert [e.json() for e in client.read_all()] == [{"total": 5}]
     assert [e.json() for e in client.read_all(original=True)] == [{"amount": 5}]
     assert [u.definition.name for u in client.list_upcasters()] == ["order_v1"]
+    for original, expected in ((False, {"total": 5}), (True, {"amount": 5})):
+        for subscription in (
+            client.subscribe_all(original=original),
+            client.subscribe_stream("order-1", original=original),
+        ):
+            assert next(iter(subscription)).json() == expected
+            subscription.close()
 
     with pytest.raises(InvalidArgument) as circle:
         client.register_upcaster(V1_TO_V2.replace("order_v1", "back").replace('"1"', '"x"').replace('"2"', '"1"').replace('"x"', '"2"'))
@@ -53,6 +60,12 @@ def test_a_failing_upcaster_is_failed_precondition_and_async_reads_are_upcast(cl
             originals = [e async for e in aclient.read_all(original=True)]
             assert [e.type for e in originals] == ["Price", "Price"]
             assert [u.definition.name for u in await aclient.list_upcasters()] == ["strict"]
+            for original, expected in ((False, "PriceV2"), (True, "Price")):
+                subscription = aclient.subscribe_stream("price-1", original=original)
+                async for event in subscription:
+                    assert event.type == expected
+                    break
+                await subscription.close()
 
     asyncio.run(scenario())
     with pytest.raises(FailedPrecondition) as failed:

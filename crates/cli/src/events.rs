@@ -57,6 +57,9 @@ pub struct ReadArgs {
     /// The most events to print; default all.
     #[arg(long)]
     pub limit: Option<u64>,
+    /// Events as stored, not through the server's upcasters.
+    #[arg(long)]
+    pub original: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -73,6 +76,9 @@ pub struct ReadAllArgs {
     /// The most events to print; default all.
     #[arg(long)]
     pub limit: Option<u64>,
+    /// Events as stored, not through the server's upcasters.
+    #[arg(long)]
+    pub original: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -95,6 +101,9 @@ pub struct TailArgs {
     /// Exit after printing this many events. Default: follow until interrupted.
     #[arg(long)]
     pub count: Option<u64>,
+    /// Events as stored, not through the server's upcasters.
+    #[arg(long)]
+    pub original: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -250,7 +259,7 @@ async fn print_read<T>(
 pub async fn read(args: ReadArgs) -> CliResult {
     let (direction, start) = direction(args.backwards);
     let request = pb::ReadStreamRequest {
-        original: false,
+        original: args.original,
         stream: args.stream.clone(),
         from_revision: args.from.unwrap_or(start),
         direction: direction as i32,
@@ -269,7 +278,7 @@ pub async fn read(args: ReadArgs) -> CliResult {
 pub async fn read_all(args: ReadAllArgs) -> CliResult {
     let (direction, start) = direction(args.backwards);
     let request = pb::ReadAllRequest {
-        original: false,
+        original: args.original,
         after_position: args.after.unwrap_or(start),
         direction: direction as i32,
         max_count: args.limit.unwrap_or(0),
@@ -336,7 +345,7 @@ async fn follow_reconnecting(
             (None, None) => Start::End(()),
         };
         let request = pb::SubscribeAllRequest {
-            original: false,
+            original: args.original,
             start: Some(start),
             filter: Some(filter.clone()),
             checkpoint_interval: 0,
