@@ -157,6 +157,7 @@ impl EmbeddedPostgres {
         };
         embedded.wait_until_ready(&log_file).await?;
         embedded.ensure_server_role().await?;
+        embedded.restrict_template().await?;
         info!(
             data_dir = %embedded.data_dir.display(),
             socket_dir = %embedded.socket_dir.display(),
@@ -195,10 +196,29 @@ impl EmbeddedPostgres {
         let Ok(mut admin) = options.connect().await else {
             return Ok(());
         };
-        sqlx::query("SELECT highwater_restrict_sandbox_functions($1)")
-            .bind(ROLE)
+        let sql = highwater_core::store::database::restrict_sandbox_functions_sql(ROLE)
+            .expect("the server's role is a plain name");
+        // Plain SQL calling nothing the server's role owns: this runs as the superuser.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
             .execute(&mut admin)
             .await?;
+        let _ = admin.close().await;
+        Ok(())
+    }
+
+    /// The same in `template1`, so that every database made in this cluster from now on (the
+    /// server's own on first start; a test's) starts with them restricted.
+    async fn restrict_template(&self) -> Result<()> {
+        let options = self.bootstrap_options().database("template1");
+        let Ok(mut admin) = options.connect().await else {
+            return Ok(());
+        };
+        let sql = highwater_core::store::database::restrict_sandbox_functions_sql(ROLE)
+            .expect("the server's role is a plain name");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut admin)
+            .await
+            .map_err(|error| Error::Startup(format!("cannot prepare template1: {error}")))?;
         let _ = admin.close().await;
         Ok(())
     }

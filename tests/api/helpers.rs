@@ -33,6 +33,35 @@ pub fn admin_url() -> &'static str {
     })
 }
 
+/// `url` (of the server [`admin_url`] names) as a superuser: unchanged with `DATABASE_URL` (CI's
+/// is the `postgres` superuser), the private cluster's bootstrap superuser otherwise (the tests'
+/// own user there, `highwater`, is none).
+pub fn as_superuser(url: &str) -> String {
+    match std::env::var("DATABASE_URL") {
+        Ok(given) if !given.is_empty() => url.to_string(),
+        _ => url_for_user(url, "highwater_admin"),
+    }
+}
+
+/// The user name of `url`.
+pub fn user_of(url: &str) -> String {
+    let authority = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[authority..];
+    match rest.find('@') {
+        Some(at) => rest[..at].split(':').next().unwrap_or_default().to_string(),
+        None => String::new(),
+    }
+}
+
+/// `url` with its user name replaced.
+pub fn url_for_user(url: &str, user: &str) -> String {
+    let authority = url.find("://").map_or(0, |i| i + 3);
+    match url[authority..].find('@') {
+        Some(at) => format!("{}{user}{}", &url[..authority], &url[authority + at..]),
+        None => format!("{}{user}@{}", &url[..authority], &url[authority..]),
+    }
+}
+
 /// Starts the embedded PostgreSQL once for this test binary, on a thread that lives as long as
 /// the process (the cluster is tied to the thread that started it), and stops it at exit.
 fn start_private_postgres() -> String {

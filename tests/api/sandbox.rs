@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use highwater::pb::admin_service_client::AdminServiceClient;
+use sqlx::Connection;
 use tonic::{Code, transport::Channel};
 
 use crate::{
@@ -512,7 +513,9 @@ async fn a_projection_named_like_another_ones_version_keeps_its_own_table() {
 async fn projections_are_refused_while_every_role_may_take_advisory_locks() {
     let app = TestApp::spawn().await;
     let mut admin = admin(app.server.endpoint()).await;
-    let mut connection = app.database.connect().await;
+    let mut connection = sqlx::PgConnection::connect(&as_superuser(&app.database.url))
+        .await
+        .unwrap();
     // As in a database migrated by a user that is not a superuser (migration 0019).
     sqlx::query("GRANT EXECUTE ON FUNCTION pg_try_advisory_lock(bigint) TO PUBLIC")
         .execute(&mut connection)
@@ -529,13 +532,15 @@ async fn projections_are_refused_while_every_role_may_take_advisory_locks() {
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert!(
         status.message().contains("pg_try_advisory_lock(bigint)")
-            && status
-                .message()
-                .contains("highwater_restrict_sandbox_functions"),
+            && status.message().contains("README, Security"),
         "{status:?}"
     );
     // What the README tells a superuser to run.
-    sqlx::query("SELECT highwater_restrict_sandbox_functions(current_user)")
+    let restrict = highwater_core::store::database::restrict_sandbox_functions_sql(&user_of(
+        &app.database.url,
+    ))
+    .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(restrict))
         .execute(&mut connection)
         .await
         .unwrap();
@@ -547,4 +552,23 @@ async fn projections_are_refused_while_every_role_may_take_advisory_locks() {
         .await
         .unwrap();
     wait_active(&mut admin, "locks", 1, Duration::from_secs(10)).await;
+}
+
+/// The statement README, Security tells a superuser to run is the one the private PostgreSQL
+/// runs (and the tests above run): no copy of it can drift.
+#[test]
+fn the_readme_gives_the_statement_the_server_runs() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let expected =
+        highwater_core::store::database::restrict_sandbox_functions_sql("highwater").unwrap();
+    let start = readme
+        .find("  SET search_path = pg_catalog;\n")
+        .expect("the statement in the README");
+    let block: Vec<&str> = readme[start..]
+        .lines()
+        .take_while(|line| line.trim() != "```")
+        .map(|line| line.strip_prefix("  ").unwrap_or(line))
+        .collect();
+    assert_eq!(block.join("\n"), expected);
 }

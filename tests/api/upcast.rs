@@ -602,23 +602,23 @@ async fn an_upcaster_failing_on_one_event_is_one_dead_letter_for_a_skipping_proj
 async fn upcasters_work_when_the_server_is_not_a_superuser() {
     let database = TestDatabase::new();
     let owner = format!("hw_owner_{}", &database.name["hw_test_".len()..]);
-    let mut superuser = sqlx::PgConnection::connect(admin_url()).await.unwrap();
+    let mut superuser = sqlx::PgConnection::connect(&as_superuser(admin_url()))
+        .await
+        .unwrap();
+    // From template0: the private cluster's template1 has the functions restricted already.
     for sql in [
         format!("CREATE ROLE \"{owner}\" LOGIN CREATEROLE"),
-        format!("CREATE DATABASE \"{}\" OWNER \"{owner}\"", database.name),
+        format!(
+            "CREATE DATABASE \"{}\" OWNER \"{owner}\" TEMPLATE template0",
+            database.name
+        ),
     ] {
         sqlx::query(sqlx::AssertSqlSafe(sql))
             .execute(&mut superuser)
             .await
             .unwrap();
     }
-    let url = database
-        .url
-        .replacen("://postgres@", &format!("://{owner}@"), 1);
-    assert_ne!(
-        url, database.url,
-        "the test database URL names the postgres user"
-    );
+    let url = url_for_user(&database.url, &owner);
     let server = RunningServer::start(config_for(&url, &[])).await;
     server
         .wait_for_health(ServingStatus::Serving, Duration::from_secs(30))
@@ -638,15 +638,12 @@ async fn upcasters_work_when_the_server_is_not_a_superuser() {
     // Migrated by a user that is no superuser: advisory locks are still everyone's.
     let status = admin.register_upcaster(register()).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
-    assert!(
-        status
-            .message()
-            .contains("highwater_restrict_sandbox_functions"),
-        "{status:?}"
-    );
-    let mut in_database = database.connect().await;
-    sqlx::query("SELECT highwater_restrict_sandbox_functions($1)")
-        .bind(&owner)
+    assert!(status.message().contains("README, Security"), "{status:?}");
+    let mut in_database = sqlx::PgConnection::connect(&as_superuser(&database.url))
+        .await
+        .unwrap();
+    let restrict = highwater_core::store::database::restrict_sandbox_functions_sql(&owner).unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(restrict))
         .execute(&mut in_database)
         .await
         .unwrap();
@@ -685,12 +682,16 @@ async fn upcasters_work_when_the_server_is_not_a_superuser() {
 
     drop((admin, client, in_database));
     server.stop().await.unwrap();
+    let name = database.name.clone();
     drop(database);
-    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP ROLE IF EXISTS \"{owner}\""
-    )))
-    .execute(&mut superuser)
-    .await;
+    for sql in [
+        format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+        format!("DROP ROLE IF EXISTS \"{owner}\""),
+    ] {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut superuser)
+            .await;
+    }
 }
 
 #[tokio::test]

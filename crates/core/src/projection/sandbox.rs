@@ -71,9 +71,8 @@ async fn refuse_open_advisory_locks(
         Some(function) => Err(Error::FailedPrecondition(format!(
             "projection {} cannot run in its sandbox: every database role may call {function}, \
              which sandboxed SQL must not (advisory locks are how the server coordinates); a \
-             superuser must run \
-             SELECT highwater_restrict_sandbox_functions('<the server's database user>') once in \
-             this database (README, Security)",
+             superuser must take them from PUBLIC once in this database with the statement in \
+             README, Security",
             definition.name
         ))),
     }

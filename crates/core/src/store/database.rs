@@ -92,3 +92,40 @@ async fn create_database(options: &PgConnectOptions, name: &str) -> Result<()> {
         Err(error) => Err(error.into()),
     }
 }
+
+/// The statement a superuser runs once in the server's database when the migrations could not
+/// (their user was no superuser): it takes the functions sandboxed SQL must not call (the list of
+/// `highwater_sandbox_restricted_functions`, migrations/0021_sandbox_functions.sql) from PUBLIC
+/// and gives them to `grantee`, the server's user. Plain SQL that calls nothing the server's user
+/// owns: that user could replace its own functions, and a superuser must never run them (found
+/// by review: the server's user became a superuser through 0021's function). `None` for a
+/// grantee that is not a plain lowercase name.
+pub fn restrict_sandbox_functions_sql(grantee: &str) -> Option<String> {
+    let plain = grantee
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && grantee
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    plain.then(|| {
+        format!(
+            "SET search_path = pg_catalog;
+DO $restrict$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
+              WHERE p.pronamespace = 'pg_catalog'::regnamespace
+                AND (p.proname LIKE 'pg\\_%advisory\\_%' OR p.proname LIKE 'lo\\_%'
+                     OR p.proname IN ('loread', 'lowrite', 'pg_logical_emit_message', 'pg_notify'))
+    LOOP
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', f, '{grantee}');
+    END LOOP;
+END
+$restrict$;
+RESET search_path;"
+        )
+    })
+}

@@ -11,7 +11,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use sqlx::{AssertSqlSafe, PgPool, Row};
+use sqlx::{AssertSqlSafe, Connection, PgPool, Row};
 
 use super::model::RecordedEvent;
 use crate::error::{Error, Result};
@@ -23,6 +23,27 @@ const QUERY_CANCELED: &str = "57014";
 /// The dispatchers the registration generates (`upcast::definition::Dispatcher`).
 const FAST_DISPATCHER: &str = "highwater_upcasters.upcast_fast";
 const CHECKED_DISPATCHER: &str = "highwater_upcasters.upcast";
+
+/// Whether an error of the fast dispatcher needs the checked one to name the upcaster and the
+/// event: an error an expression raised, not one the dispatcher named, a timeout, or one of a
+/// connection or a server going away (classes 08, 53, 57).
+fn needs_naming(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => {
+            let code = db.code();
+            let code = code.as_deref().unwrap_or("");
+            code != UPCASTER_FAILED
+                && !["08", "53", "57"]
+                    .iter()
+                    .any(|class| code.starts_with(class))
+        }
+        _ => false,
+    }
+}
+
+fn is_upcaster_failure(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some(UPCASTER_FAILED))
+}
 
 /// The events of a page that some upcaster reads, as the arrays the statement takes.
 struct Batch<'a> {
@@ -134,12 +155,15 @@ impl Upcasting {
         let rows = match self.run(&batch, FAST_DISPATCHER).await {
             Ok(rows) => rows,
             // The fast dispatcher does not say which upcaster failed on which event: the checked
-            // one, on the same events, does (and costs more only on this path).
-            Err(sqlx::Error::Database(db)) if db.code().as_deref() != Some(QUERY_CANCELED) => {
-                let first = sqlx::Error::Database(db);
+            // one, on the same events, does (and costs more only on this path). Not for its own
+            // named errors, a timeout, or a database that is going away.
+            Err(error) if needs_naming(&error) => {
                 match self.run(&batch, CHECKED_DISPATCHER).await {
-                    Ok(_) => return Err(self.failure(first)),
-                    Err(error) => return Err(self.failure(error)),
+                    Ok(rows) => rows,
+                    Err(checked) if is_upcaster_failure(&checked) => {
+                        return Err(self.failure(checked));
+                    }
+                    Err(_) => return Err(self.failure(error)),
                 }
             }
             Err(error) => return Err(self.failure(error)),
@@ -170,47 +194,40 @@ impl Upcasting {
         dispatcher: &str,
     ) -> std::result::Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
         let mut connection = self.pool.acquire().await?;
-        sqlx::query("BEGIN READ ONLY")
-            .execute(&mut *connection)
-            .await?;
-        let result = async {
-            // A number of milliseconds: no input reaches the text.
-            sqlx::query(AssertSqlSafe(format!(
-                "SET LOCAL statement_timeout = {}",
-                self.timeout.as_millis().max(1)
-            )))
-            .execute(&mut *connection)
-            .await?;
-            // The dispatcher is one of two constant names.
-            sqlx::query(AssertSqlSafe(format!(
-                "SELECT u.type, u.data, u.metadata::text AS metadata
-                   FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::bytea[],
-                               $6::text[], $7::jsonb[])
-                        WITH ORDINALITY AS e(position, stream, revision, type, data,
-                                             content_type, metadata, n),
-                        LATERAL {dispatcher}(e.position, e.stream, e.revision, e.type, e.data,
-                                             e.content_type, e.metadata) u
-                  ORDER BY e.n"
-            )))
-            .bind(&batch.positions)
-            .bind(&batch.streams)
-            .bind(&batch.revisions)
-            .bind(&batch.types)
-            .bind(&batch.data)
-            .bind(&batch.content_types)
-            .bind(&batch.metadata)
-            .fetch_all(&mut *connection)
-            .await
-        }
+        // A tracked transaction: if this call is cancelled (a client that goes away drops its
+        // read), sqlx rolls it back before the connection serves anyone else (found by review:
+        // a plain BEGIN went back to the pool read-only and inside the transaction).
+        let mut transaction = connection.begin_with("BEGIN READ ONLY").await?;
+        // A number of milliseconds: no input reaches the text.
+        sqlx::query(AssertSqlSafe(format!(
+            "SET LOCAL statement_timeout = {}",
+            self.timeout.as_millis().max(1)
+        )))
+        .execute(&mut *transaction)
+        .await?;
+        // The dispatcher is one of two constant names.
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT u.type, u.data, u.metadata::text AS metadata
+               FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::bytea[],
+                           $6::text[], $7::jsonb[])
+                    WITH ORDINALITY AS e(position, stream, revision, type, data,
+                                         content_type, metadata, n),
+                    LATERAL {dispatcher}(e.position, e.stream, e.revision, e.type, e.data,
+                                         e.content_type, e.metadata) u
+              ORDER BY e.n"
+        )))
+        .bind(&batch.positions)
+        .bind(&batch.streams)
+        .bind(&batch.revisions)
+        .bind(&batch.types)
+        .bind(&batch.data)
+        .bind(&batch.content_types)
+        .bind(&batch.metadata)
+        .fetch_all(&mut *transaction)
         .await;
-        let rolled_back = sqlx::query("ROLLBACK").execute(&mut *connection).await;
-        if rolled_back.is_err() {
-            // Still in the transaction, or broken: not given back to the pool.
-            connection.close_on_drop();
-        }
-        let rows = result?;
-        rolled_back?;
-        Ok(rows)
+        // Rolled back whatever happened: nothing of the expressions stays on the connection.
+        transaction.rollback().await?;
+        rows
     }
 
     fn failure(&self, error: sqlx::Error) -> Error {

@@ -237,9 +237,8 @@ async fn ensure_role(connection: &mut PgConnection) -> Result<()> {
         return Err(Error::FailedPrecondition(format!(
             "upcasters cannot run in their sandbox: every database role may call {function}, and \
              sandboxed SQL must not (advisory locks are how the server coordinates); a superuser \
-             must run \
-             SELECT highwater_restrict_sandbox_functions('<the server's database user>') once in \
-             this database (README, Security)"
+             must take them from PUBLIC once in this database with the statement in README, \
+             Security"
         )));
     }
     Ok(())
