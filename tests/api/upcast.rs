@@ -763,3 +763,89 @@ async fn a_metadata_expression_makes_the_metadata_which_must_stay_strings() {
         "{status:?}"
     );
 }
+
+/// Found by review: every apply function was passed every source type's events, so an upcaster
+/// failing on A -> B failed projections that handle neither A nor B.
+#[tokio::test]
+async fn a_failing_upcaster_leaves_projections_its_chain_never_reaches_alone() {
+    let mut app = TestApp::spawn().await;
+    let mut admin = admin(app.server.endpoint()).await;
+    admin
+        .register_upcaster(upcaster(
+            "strict",
+            "Alpha",
+            None,
+            Some("Beta"),
+            None,
+            "jsonb_build_object('n', ($data->>'n')::int)",
+        ))
+        .await
+        .unwrap();
+    for (name, mode, handled) in [
+        ("zeds", "inline", "Zed"),
+        ("async_zeds", "async", "Zed"),
+        ("betas", "inline", "Beta"),
+    ] {
+        let toml = format!(
+            "name = {name:?}\nmode = {mode:?}\n\
+             setup = \"CREATE TABLE {{{{table}}}} (position bigint PRIMARY KEY)\"\n\
+             [handlers]\n{handled} = \"INSERT INTO {{{{table}}}} VALUES ($position)\"\n"
+        );
+        admin
+            .register_projection(register_toml(&toml))
+            .await
+            .unwrap();
+        wait_active(&mut admin, name, 1, Duration::from_secs(10)).await;
+    }
+    // The inline projection of Beta, which the chain reaches, fails the append as a failing
+    // handler would.
+    let status = app
+        .append(append_request(
+            "a-1",
+            None,
+            vec![json_event("Alpha", r#"{"n": "x"}"#)],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("upcaster strict"), "{status:?}");
+    // Without it, the append and the projections of Zed are untouched by the failing upcaster.
+    admin
+        .register_projection(register_toml(
+            "name = \"betas\"\nmode = \"inline\"\nversion = 2\n\
+             setup = \"CREATE TABLE {{table}} (position bigint PRIMARY KEY)\"\n\
+             [handlers]\nGamma = \"INSERT INTO {{table}} VALUES ($position)\"\n",
+        ))
+        .await
+        .unwrap();
+    wait_active(&mut admin, "betas", 2, Duration::from_secs(10)).await;
+    app.append(append_request(
+        "a-1",
+        None,
+        vec![
+            json_event("Alpha", r#"{"n": "x"}"#),
+            json_event("Zed", "{}"),
+        ],
+    ))
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = crate::projection::projection(&mut admin, "async_zeds").await;
+        assert_eq!(info.status, "active", "{info:?}");
+        if info.lag_events == 0 && info.applied_position >= 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{info:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for view in ["zeds", "async_zeds"] {
+        let rows: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT position FROM projections.{view} ORDER BY position"
+        )))
+        .fetch_all(&mut app.database.connect().await)
+        .await
+        .unwrap();
+        assert_eq!(rows, [2], "{view}");
+    }
+}

@@ -31,6 +31,9 @@ pub struct InlineProjection {
     pub on_error: OnError,
     /// The event types the version has handlers for.
     pub event_types: BTreeSet<String>,
+    /// Source types of upcasters whose chains can make one of `event_types`: their events may
+    /// reach a handler too (docs/ARCHITECTURE.md, "Upcasting").
+    pub reaching: BTreeSet<String>,
     /// Its apply function, which runs the handlers in the projection's sandbox.
     pub apply_function: String,
 }
@@ -40,9 +43,6 @@ pub struct Catalog {
     /// `log_head.catalog_version` when this catalog was read.
     pub version: i64,
     pub inline: Vec<InlineProjection>,
-    /// Event types some upcaster reads: an event of one may reach any projection's handler as
-    /// its upcast type, so it goes to every apply function (docs/ARCHITECTURE.md, "Upcasting").
-    pub upcast_sources: BTreeSet<String>,
     /// The longest the handlers of one append may run (they run under the log_head lock).
     pub sql_timeout: Duration,
 }
@@ -64,8 +64,15 @@ impl Catalog {
             let definition: Definition = serde_json::from_value(definition).map_err(|error| {
                 Error::Internal(format!("stored definition of {name}: {error}"))
             })?;
+            let event_types: BTreeSet<String> = definition.handlers.keys().cloned().collect();
+            let reaching: Vec<String> =
+                sqlx::query_scalar("SELECT unnest(highwater_upcasters.sources_reaching($1))")
+                    .bind(event_types.iter().map(String::as_str).collect::<Vec<_>>())
+                    .fetch_all(pool)
+                    .await?;
             inline.push(InlineProjection {
-                event_types: definition.handlers.keys().cloned().collect(),
+                event_types,
+                reaching: reaching.into_iter().collect(),
                 apply_function: definition.apply_function(version),
                 on_error: definition.on_error,
                 active: status.parse::<VersionStatus>()? == VersionStatus::Active,
@@ -73,14 +80,9 @@ impl Catalog {
                 version,
             });
         }
-        let upcast_sources: Vec<String> =
-            sqlx::query_scalar("SELECT unnest(highwater_upcasters.sources())")
-                .fetch_all(pool)
-                .await?;
         Ok(Self {
             version,
             inline,
-            upcast_sources: upcast_sources.into_iter().collect(),
             sql_timeout,
         })
     }
@@ -132,7 +134,7 @@ pub async fn apply_inline(
             .iter()
             .filter(|e| {
                 projection.event_types.contains(&e.event_type)
-                    || catalog.upcast_sources.contains(&e.event_type)
+                    || projection.reaching.contains(&e.event_type)
             })
             .collect();
         let (Some(first), Some(last)) = (matching.first(), matching.last()) else {

@@ -355,6 +355,9 @@ DECLARE
     last    bigint := p_after;
     -- Events of these types are read through the upcasters (docs/ARCHITECTURE.md, \"Upcasting\").
     upcast_types text[] := highwater_upcasters.sources();
+    -- Of those, the ones a chain can turn into a type handled here: the others never reach a
+    -- handler, and an upcaster failing on them must not fail this projection.
+    reaching text[] := highwater_upcasters.sources_reaching(ARRAY[{types}]::text[]);
     upcast  record;
 BEGIN
     BEGIN
@@ -362,7 +365,7 @@ BEGIN
                          e.metadata, e.recorded_at
                     FROM public.events e
                    WHERE e.position > p_after AND e.position <= p_upto
-                     AND (e.type IN ({types}) OR e.type = ANY(upcast_types))
+                     AND (e.type IN ({types}) OR e.type = ANY(reaching))
                    ORDER BY e.position LIMIT p_limit
         LOOP
             last := ev.position;

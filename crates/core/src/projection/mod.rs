@@ -270,7 +270,7 @@ impl Projections {
         let oldest_unapplied: Option<(i64, f64)> = sqlx::query_as(
             "SELECT count(*) OVER ()::bigint, extract(epoch FROM now() - min(recorded_at) OVER ())::float8
                FROM events WHERE position > $1
-                AND (type = ANY($2) OR type = ANY(highwater_upcasters.sources())) LIMIT 1",
+                AND (type = ANY($2) OR type = ANY(highwater_upcasters.sources_reaching($2))) LIMIT 1",
         )
         .bind(applied as i64)
         .bind(&types)

@@ -484,9 +484,70 @@ pub fn sources_sql(all: &[UpcasterDefinition]) -> String {
     )
 }
 
+/// Every (source type, type it can become) pair, through any chain (versions ignored, so a
+/// pair may be one no event takes: more events are passed to an apply function, never fewer).
+pub fn reach(all: &[UpcasterDefinition]) -> BTreeSet<(String, String)> {
+    let mut pairs = BTreeSet::new();
+    let sources: BTreeSet<&str> = all.iter().map(|u| u.event_type.as_str()).collect();
+    for source in sources {
+        let mut pending = vec![source];
+        let mut seen = BTreeSet::new();
+        while let Some(current) = pending.pop() {
+            for next in all.iter().filter(|u| u.event_type == current) {
+                let target = next.target_type();
+                if seen.insert(target) {
+                    pairs.insert((source.to_string(), target.to_string()));
+                    pending.push(target);
+                }
+            }
+        }
+    }
+    pairs
+}
+
+/// `highwater_upcasters.sources_reaching(types)`: the source types whose events some chain can
+/// turn into one of `types`. An apply function is passed those and its handlers' own, so that
+/// an upcaster failing on events no handler of it would see never fails it (found by review).
+pub fn reaching_sql(all: &[UpcasterDefinition]) -> String {
+    let pairs = reach(all);
+    let body = if pairs.is_empty() {
+        "SELECT '{}'::text[]".to_string()
+    } else {
+        let values = pairs
+            .iter()
+            .map(|(source, target)| {
+                format!("({}, {})", quote_literal(source), quote_literal(target))
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "SELECT coalesce(array_agg(DISTINCT r.source), '{{}}'::text[])
+               FROM (VALUES {values}) AS r(source, target) WHERE r.target = ANY(targets)"
+        )
+    };
+    format!(
+        "CREATE OR REPLACE FUNCTION highwater_upcasters.sources_reaching(targets text[])
+         RETURNS text[] LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+         AS $highwater_sources$ {body} $highwater_sources$"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reach_follows_chains_through_types() {
+        let all = [
+            upcaster("a", ("A", None), ("B", None)),
+            upcaster("b", ("B", Some("1")), ("C", None)),
+            upcaster("x", ("X", None), ("Y", None)),
+        ];
+        let pairs: Vec<(String, String)> = reach(&all).into_iter().collect();
+        let expected = [("A", "B"), ("A", "C"), ("B", "C"), ("X", "Y")]
+            .map(|(s, t)| (s.to_string(), t.to_string()));
+        assert_eq!(pairs, expected);
+    }
 
     fn upcaster(
         name: &str,

@@ -317,6 +317,9 @@ async fn install_dispatcher(
     sqlx::query(AssertSqlSafe(definition::sources_sql(all)))
         .execute(&mut *transaction)
         .await?;
+    sqlx::query(AssertSqlSafe(definition::reaching_sql(all)))
+        .execute(&mut *transaction)
+        .await?;
     Ok(())
 }
 
