@@ -511,7 +511,11 @@ async fn start_core(
         hub.upcasting().clone(),
         tasks,
     );
-    let upcasters = Upcasters::new(pool.clone(), settings.projection.sql_timeout);
+    let upcasters = Upcasters::new(
+        pool.clone(),
+        settings.projection.sql_timeout,
+        hub.upcasting().clone(),
+    );
     let subscriptions = Subscriptions::new(
         pool.clone(),
         hub.clone(),

@@ -192,6 +192,59 @@ async fn a_chain_upcasts_every_read_path_and_the_stored_events_stay() {
     assert_eq!(json(&received[0]), expected[0]);
 }
 
+/// Found by CI: a read sent after RegisterUpcaster (or DeleteUpcaster) replied could still see
+/// the upcasters as they were, until the catalog notification came round.
+#[tokio::test]
+async fn a_read_after_a_change_replied_sees_the_change() {
+    let mut app = TestApp::spawn().await;
+    let mut admin = admin(app.server.endpoint()).await;
+    const TYPES: usize = 40;
+    app.append(append_request(
+        "kinds-1",
+        None,
+        (0..TYPES)
+            .map(|kind| json_event(&format!("Kind{kind}"), "{}"))
+            .collect(),
+    ))
+    .await
+    .unwrap();
+    for kind in 0..TYPES {
+        admin
+            .register_upcaster(upcaster(
+                &format!("kind_{kind}"),
+                &format!("Kind{kind}"),
+                None,
+                Some(&format!("Kind{kind}Upcast")),
+                None,
+                "$data || '{\"upcast\": true}'",
+            ))
+            .await
+            .unwrap();
+        let events = read_stream_shaped(&mut app, "kinds-1", false)
+            .await
+            .unwrap();
+        assert_eq!(
+            json(&events[kind]),
+            serde_json::json!({"upcast": true}),
+            "read right after registering kind_{kind}"
+        );
+        admin
+            .delete_upcaster(pb::DeleteUpcasterRequest {
+                name: format!("kind_{kind}"),
+            })
+            .await
+            .unwrap();
+        let events = read_stream_shaped(&mut app, "kinds-1", false)
+            .await
+            .unwrap();
+        assert_eq!(
+            json(&events[kind]),
+            serde_json::json!({}),
+            "read right after deleting kind_{kind}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn an_upcaster_that_fails_is_an_error_naming_it_and_the_event() {
     let mut app = TestApp::spawn().await;

@@ -81,12 +81,17 @@ impl Shape {
 }
 
 /// The event types the database's upcasters read, kept current by [`Upcasting::reload`] (on
-/// every catalog notification); the upcasting itself is done by the database's dispatcher, so a
-/// set a moment old only delays when a new upcaster applies.
+/// every catalog notification, and by `upcast::Upcasters` before a change replies); the upcasting
+/// itself is done by the database's dispatcher, so a set a moment old only delays when another
+/// server's new upcaster applies here.
 pub struct Upcasting {
     pool: PgPool,
     /// Read on every page, replaced on reload: a lock held for a copy of an `Arc` only.
     sources: RwLock<Arc<BTreeSet<String>>>,
+    /// Held across a reload's query and its store, so that reloads store their sets in the order
+    /// they read them: without it a reload that read before a registration committed could store
+    /// its older set after the registration's own reload.
+    reloading: tokio::sync::Mutex<()>,
     /// The longest the upcasters of one page may run.
     timeout: Duration,
 }
@@ -96,6 +101,7 @@ impl Upcasting {
         let upcasting = Arc::new(Self {
             pool,
             sources: RwLock::new(Arc::default()),
+            reloading: tokio::sync::Mutex::new(()),
             timeout,
         });
         upcasting.reload().await?;
@@ -104,6 +110,7 @@ impl Upcasting {
 
     /// Reads the set of upcast types again.
     pub async fn reload(&self) -> Result<()> {
+        let _in_order = self.reloading.lock().await;
         let types: Vec<String> = sqlx::query_scalar("SELECT unnest(highwater_upcasters.sources())")
             .fetch_all(&self.pool)
             .await?;

@@ -1,11 +1,15 @@
 //! Upcasters: their definitions and their registration (docs/ARCHITECTURE.md, "Upcasting"). The
 //! reading side is `store::upcasting`.
 
-use std::{path::Path, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use sqlx::PgPool;
+use tracing::warn;
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    store::upcasting::Upcasting,
+};
 
 pub mod definition;
 pub mod registry;
@@ -19,11 +23,18 @@ pub struct Upcasters {
     pool: PgPool,
     /// The longest a registration's probe of an expression may run.
     sql_timeout: Duration,
+    /// This process's reading side, reloaded after each change so that a read sent after a
+    /// change's reply sees it here; other processes follow on the catalog notification.
+    upcasting: Arc<Upcasting>,
 }
 
 impl Upcasters {
-    pub fn new(pool: PgPool, sql_timeout: Duration) -> Self {
-        Self { pool, sql_timeout }
+    pub fn new(pool: PgPool, sql_timeout: Duration, upcasting: Arc<Upcasting>) -> Self {
+        Self {
+            pool,
+            sql_timeout,
+            upcasting,
+        }
     }
 
     pub async fn register(
@@ -31,7 +42,10 @@ impl Upcasters {
         definition: UpcasterDefinition,
         origin: &str,
     ) -> Result<Registered> {
-        registry::register(&self.pool, definition, origin, self.sql_timeout).await
+        let registered =
+            registry::register(&self.pool, definition, origin, self.sql_timeout).await?;
+        self.changed().await;
+        Ok(registered)
     }
 
     pub async fn list(&self) -> Result<Vec<Registered>> {
@@ -39,7 +53,17 @@ impl Upcasters {
     }
 
     pub async fn delete(&self, name: &str) -> Result<()> {
-        registry::delete(&self.pool, name).await
+        registry::delete(&self.pool, name).await?;
+        self.changed().await;
+        Ok(())
+    }
+
+    /// The change committed: a failed reload is not the change's failure, and the catalog
+    /// notification tries again.
+    async fn changed(&self) {
+        if let Err(error) = self.upcasting.reload().await {
+            warn!(%error, "cannot read the upcasters again after a change");
+        }
     }
 
     /// Registers every `*.toml` file of `dir`, in name order (`--upcasters`). A file registered
